@@ -7,6 +7,7 @@
 //! reached only through `omnidisk_provider_api::Provider`.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod csi;
 pub mod error;
@@ -73,6 +74,9 @@ pub struct NodeSettings {
     pub max_volumes_per_node: i64,
     /// Directory holding mkfs.*, blkid, resize2fs, xfs_growfs (empty = search PATH).
     pub tools_dir: PathBuf,
+    /// Where the node keeps state that must outlive a restart (the
+    /// ephemeral inline volumes it created).
+    pub state_dir: PathBuf,
 }
 
 impl Default for NodeSettings {
@@ -82,6 +86,7 @@ impl Default for NodeSettings {
             default_fs_type: "ext4".into(),
             max_volumes_per_node: 0,
             tools_dir: PathBuf::new(),
+            state_dir: PathBuf::from("/var/lib/omnidisk"),
         }
     }
 }

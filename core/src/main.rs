@@ -1,1 +1,98 @@
-fn main() {}
+//! The omnidisk CSI driver binary: parse flags, load the configuration,
+//! start the provider instances, serve.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use omnidisk::cli::{self, Args};
+use omnidisk::config::Config;
+use omnidisk::mount::linux::LinuxMounter;
+use omnidisk::{Driver, logging, providers, server};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(err) = logging::init(args.log_format, &args.log_level) {
+        eprintln!("omnidisk: {}", error_chain(&err));
+        return ExitCode::from(2);
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("omnidisk: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let socket = cli::socket_path(&args.endpoint).map_err(|e| error_chain(&e))?;
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| error_chain(&e))?,
+        None => Config::default(),
+    };
+    let node_name = args.node_id.clone().unwrap_or_else(cli::host_name);
+    tracing::info!(
+        version = omnidisk::VERSION,
+        mode = args.mode.as_str(),
+        node = %node_name,
+        config = %config.path.as_ref().map_or_else(|| "built-in defaults".to_owned(), |p| p.display().to_string()),
+        compiled_in = %providers::builtin_names(),
+        "starting"
+    );
+    let registry = providers::build_registry(&config, &node_name, args.mode)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    if registry.is_empty() {
+        tracing::warn!("no provider instance is available; every volume call will fail");
+    }
+    let mounter = Arc::new(LinuxMounter::new(config.node.clone()));
+    let driver = Arc::new(Driver::new(registry, node_name, args.mode, config.node.clone(), mounter));
+
+    if let Some(addr) = args.health_address {
+        let health = server::serve_health(driver.clone(), addr)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = health.await {
+                tracing::error!(error = %e, "health endpoint stopped");
+            }
+        });
+    }
+
+    let listener = server::bind_socket(&socket).map_err(|e| error_chain(&e))?;
+    driver.set_ready();
+    tracing::info!(endpoint = %args.endpoint, "serving");
+    let result = server::serve(driver, listener, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&socket);
+    result.map_err(|e| error_chain(&e))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        // Without a SIGTERM handler, stop on Ctrl-C only.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}

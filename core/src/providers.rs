@@ -1,1 +1,111 @@
-//! (being written)
+//! The compiled-in provider kinds and the construction of the configured
+//! instances.
+
+use std::sync::Arc;
+
+use omnidisk_provider_api::types::InitRequest;
+use omnidisk_provider_api::{Provider, ProviderFactory};
+
+use crate::Mode;
+use crate::config::{Config, ConfigError};
+use crate::routing::Registry;
+
+/// The provider kinds compiled into this binary (cargo features).
+pub fn builtin() -> Vec<ProviderFactory> {
+    #[allow(unused_mut)]
+    let mut kinds: Vec<ProviderFactory> = Vec::new();
+    #[cfg(feature = "local-lvm")]
+    kinds.push(omnidisk_provider_local_lvm::FACTORY);
+    #[cfg(feature = "fake")]
+    kinds.push(omnidisk_provider_api::testing::FACTORY);
+    kinds
+}
+
+/// Names of the compiled-in kinds, for messages.
+pub fn builtin_names() -> String {
+    let names: Vec<&str> = builtin().iter().map(|f| f.kind).collect();
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Creates every configured instance. With no instances configured, each
+/// compiled-in kind is created under its own name with default settings;
+/// in that case a kind that cannot start (no volume group, no credentials)
+/// is left out with a warning rather than stopping the driver.
+pub async fn build_registry(
+    config: &Config,
+    node_name: &str,
+    mode: Mode,
+) -> Result<Registry, ConfigError> {
+    let mut registry = Registry::default();
+    let init = |instance: &str, settings_toml: &str| InitRequest {
+        instance: instance.to_owned(),
+        settings_toml: settings_toml.to_owned(),
+        node_name: node_name.to_owned(),
+        mode: mode.as_str().to_owned(),
+    };
+
+    if config.instances.is_empty() {
+        for factory in builtin() {
+            match (factory.create)(init(factory.kind, "")).await {
+                Ok(provider) => registry.insert(factory.kind, provider),
+                Err(err) => tracing::warn!(
+                    kind = factory.kind,
+                    error = %err.full_message(),
+                    "built-in provider with default settings is not available"
+                ),
+            }
+        }
+        return Ok(registry);
+    }
+
+    for instance in &config.instances {
+        let provider: Arc<dyn Provider> = if let Some(library) = &instance.library {
+            load_library(config, instance.name.as_str(), library, instance.kind.as_deref())?
+        } else {
+            let kind = instance.kind.as_deref().unwrap_or_default();
+            let factory = builtin()
+                .into_iter()
+                .find(|f| f.kind == kind)
+                .ok_or_else(|| {
+                    config.key_error(
+                        &["providers", &instance.name, "kind"],
+                        &format!(
+                            "unknown provider kind {kind:?}; this build has: {}",
+                            builtin_names()
+                        ),
+                    )
+                })?;
+            (factory.create)(init(&instance.name, &instance.settings_toml))
+                .await
+                .map_err(|e| config.instance_error(&instance.name, &e.full_message()))?
+        };
+        let info = provider.info();
+        if let Some(kind) = &instance.kind {
+            if &info.kind != kind {
+                return Err(config.key_error(
+                    &["providers", &instance.name, "kind"],
+                    &format!("the provider reports kind {:?}, configured {kind:?}", info.kind),
+                ));
+            }
+        }
+        tracing::info!(instance = %instance.name, kind = %info.kind, version = %info.version, "provider instance ready");
+        registry.insert(&instance.name, provider);
+    }
+    Ok(registry)
+}
+
+fn load_library(
+    config: &Config,
+    instance: &str,
+    _library: &std::path::Path,
+    _kind: Option<&str>,
+) -> Result<Arc<dyn Provider>, ConfigError> {
+    Err(config.key_error(
+        &["providers", instance, "library"],
+        "dylib providers are not supported by this build",
+    ))
+}

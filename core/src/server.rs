@@ -1,1 +1,141 @@
-//! (being written)
+//! Serving: the CSI services on a unix socket, and the HTTP health endpoint.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::Driver;
+use crate::csi::controller::ControllerService;
+use crate::csi::identity::IdentityService;
+use crate::csi::node::NodeService;
+use crate::generated::csi::controller_server::ControllerServer;
+use crate::generated::csi::identity_server::IdentityServer;
+use crate::generated::csi::node_server::NodeServer;
+
+/// Permissions of the CSI socket: owner and group (the kubelet and the
+/// sidecars run as root or share the group), nobody else.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Something other than a socket is at the endpoint path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Filesystem work around the socket failed.
+    #[error("preparing socket {path}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The health endpoint could not bind.
+    #[error("binding the health endpoint on {addr}")]
+    Health {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Binds the unix socket: removes a stale socket left by a previous run,
+/// creates the directory, and restricts the socket's permissions.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
+    let wrap = |source| ServeError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(wrap)?,
+        Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(wrap(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(wrap)?;
+    }
+    let listener = UnixListener::bind(path).map_err(wrap)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(wrap)?;
+    Ok(listener)
+}
+
+/// Serves Identity, Controller and (in node/all mode) Node on `listener`
+/// until `shutdown` completes.
+pub async fn serve(
+    driver: Arc<Driver>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let node = driver
+        .mode
+        .serves_node()
+        .then(|| NodeServer::new(NodeService::new(driver.clone())));
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(driver.clone())))
+        .add_service(ControllerServer::new(ControllerService::new(driver.clone())))
+        .add_optional_service(node)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServeError::Transport)
+}
+
+/// Serves `GET /healthz` and `GET /readyz`: 200 once the driver is ready
+/// (what Probe reports), 503 before.
+pub async fn serve_health(
+    driver: Arc<Driver>,
+    addr: SocketAddr,
+) -> Result<impl Future<Output = std::io::Result<()>>, ServeError> {
+    use axum::http::StatusCode;
+    let handler = move || {
+        let driver = driver.clone();
+        async move {
+            if driver.is_ready() {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(handler.clone()))
+        .route("/readyz", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Health { addr, source })?;
+    Ok(async move { axum::serve(listener, app).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_sockets_are_replaced_and_other_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/csi.sock");
+        let first = bind_socket(&path).unwrap();
+        drop(first);
+        // The socket file is left behind, as after a crash.
+        assert!(path.exists());
+        let _second = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE);
+
+        let file = dir.path().join("precious");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(matches!(bind_socket(&file), Err(ServeError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    }
+}

@@ -10,6 +10,8 @@
 //! It deliberately knows nothing of tonic, the CSI protobuf or any cloud SDK.
 
 pub mod error;
+#[cfg(feature = "ffi")]
+pub mod ffi;
 pub mod params;
 pub mod provider;
 #[cfg(feature = "testing")]
@@ -18,3 +20,7 @@ pub mod types;
 
 pub use error::{ErrorKind, ProviderError, Result};
 pub use provider::{BoxFuture, Provider, ProviderFactory};
+
+/// Re-exported so provider crates implement [`Provider`] with the same
+/// `async_trait` version the trait was declared with.
+pub use async_trait::async_trait;

@@ -5,3 +5,103 @@ pub mod convert;
 pub mod identity;
 pub mod node;
 pub mod validate;
+
+use std::future::Future;
+use std::time::Instant;
+
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+use crate::error::CoreError;
+
+/// Runs one RPC handler inside a span carrying the method and the volume
+/// (or snapshot) ID, logs the outcome with its gRPC code and duration, and
+/// converts the error into a status, the only way handlers produce one.
+pub async fn traced<T, F>(method: &'static str, object_id: &str, handler: F) -> Result<Response<T>, Status>
+where
+    F: Future<Output = Result<T, CoreError>>,
+{
+    let span = tracing::info_span!("rpc", method, id = %object_id);
+    async move {
+        let start = Instant::now();
+        let result = handler.await;
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(response) => {
+                tracing::info!(outcome = "OK", elapsed_ms, "done");
+                Ok(Response::new(response))
+            }
+            Err(err) => {
+                let status = Status::from(err);
+                tracing::warn!(outcome = ?status.code(), elapsed_ms, error = %status.message(), "failed");
+                Err(status)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Requests whose secrets must not be logged. `redacted` returns a copy safe
+/// to print at debug level.
+pub trait Redact: Clone + std::fmt::Debug {
+    /// A copy with secret fields replaced.
+    fn redacted(&self) -> Self;
+}
+
+macro_rules! redact_secrets {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Redact for $ty {
+            fn redacted(&self) -> Self {
+                let mut copy = self.clone();
+                for value in copy.secrets.values_mut() {
+                    *value = "<redacted>".to_owned();
+                }
+                copy
+            }
+        })*
+    };
+}
+
+use crate::generated::csi;
+redact_secrets!(
+    csi::CreateVolumeRequest,
+    csi::DeleteVolumeRequest,
+    csi::ControllerPublishVolumeRequest,
+    csi::ControllerUnpublishVolumeRequest,
+    csi::ValidateVolumeCapabilitiesRequest,
+    csi::CreateSnapshotRequest,
+    csi::DeleteSnapshotRequest,
+    csi::ListSnapshotsRequest,
+    csi::GetSnapshotRequest,
+    csi::ControllerExpandVolumeRequest,
+    csi::ControllerModifyVolumeRequest,
+    csi::NodeStageVolumeRequest,
+    csi::NodePublishVolumeRequest,
+    csi::NodeExpandVolumeRequest,
+);
+
+/// Logs a request at debug level with its secrets redacted.
+pub fn log_request<R: Redact>(request: &R) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(request = ?request.redacted(), "request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let mut req = csi::CreateVolumeRequest {
+            name: "pvc-1".into(),
+            ..Default::default()
+        };
+        req.secrets.insert("password".into(), "hunter2".into());
+        let shown = format!("{:?}", req.redacted());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("pvc-1"));
+        assert!(shown.contains("<redacted>"));
+    }
+}
