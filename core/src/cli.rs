@@ -39,6 +39,10 @@ pub struct Args {
     /// Address for the HTTP health endpoint (`/healthz` reflects Probe).
     #[arg(long)]
     pub health_address: Option<SocketAddr>,
+
+    /// Address for the Prometheus endpoint (`/metrics`; health too).
+    #[arg(long)]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// How log lines are written.

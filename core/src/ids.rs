@@ -5,8 +5,11 @@
 //! provider's own ID (which may itself contain dots). Calls that carry only
 //! an ID route with it alone.
 //!
-//! A CSI node ID is the node name, or, when some provider instance names the
-//! node differently (an EC2 instance ID, say), `v1;node=<name>;<instance>=<id>...`.
+//! A CSI node ID is what the attaching providers call the node: the node
+//! name when no instance names it differently; the one ID they agree on
+//! (an EC2 instance ID, say) otherwise, so that the published node IDs a
+//! provider reports are CSI node IDs as they are; and only when instances
+//! disagree, `v1;node=<name>;<instance>=<id>...`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -171,8 +174,11 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.per_instance.is_empty() {
-            return f.write_str(&self.name);
+        let mut ids = self.per_instance.values();
+        match ids.next() {
+            None => return f.write_str(&self.name),
+            Some(first) if ids.all(|id| id == first) => return f.write_str(first),
+            Some(_) => {}
         }
         write!(f, "v1;node={}", self.name)?;
         for (k, v) in &self.per_instance {
@@ -222,13 +228,21 @@ mod tests {
         assert_eq!(plain.to_string(), "worker-1");
         assert_eq!(plain.for_instance("lvm"), None);
 
+        // One attaching identity: the CSI node ID is that identity, so the
+        // provider's published node IDs are CSI node IDs as they are.
         let mut id = NodeId {
             name: "ip-10-0-0-1".into(),
             ..Default::default()
         };
         id.per_instance.insert("ebs".into(), "i-0123".into());
+        id.per_instance.insert("ebs-2".into(), "i-0123".into());
+        assert_eq!(id.to_string(), "i-0123");
+        assert_eq!(NodeId::parse("i-0123").unwrap().name, "i-0123");
+
+        // Instances that disagree need the long form.
+        id.per_instance.insert("other".into(), "n-9".into());
         let text = id.to_string();
-        assert_eq!(text, "v1;node=ip-10-0-0-1;ebs=i-0123");
+        assert_eq!(text, "v1;node=ip-10-0-0-1;ebs=i-0123;ebs-2=i-0123;other=n-9");
         let back = NodeId::parse(&text).unwrap();
         assert_eq!(back, id);
         assert_eq!(back.for_instance("ebs"), Some("i-0123"));

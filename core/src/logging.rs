@@ -19,8 +19,10 @@ pub enum LoggingError {
 pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let filter =
         EnvFilter::try_new(level).map_err(|e| LoggingError::Filter(level.to_owned(), e))?;
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.with_target(false).try_init(),

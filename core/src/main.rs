@@ -42,6 +42,7 @@ async fn run(args: Args) -> Result<(), String> {
         compiled_in = %providers::builtin_names(),
         "starting"
     );
+    omnidisk_provider_api::observe::install(Box::new(omnidisk::metrics::ApiObserver));
     let registry = providers::build_registry(&config, &node_name, args.mode)
         .await
         .map_err(|e| error_chain(&e))?;
@@ -51,13 +52,16 @@ async fn run(args: Args) -> Result<(), String> {
     let mounter = Arc::new(LinuxMounter::new(config.node.clone()));
     let driver = Arc::new(Driver::new(registry, node_name, args.mode, config.node.clone(), mounter));
 
-    if let Some(addr) = args.health_address {
-        let health = server::serve_health(driver.clone(), addr)
+    let mut http_addresses = vec![args.health_address, args.metrics_address];
+    http_addresses.dedup();
+    for addr in http_addresses.into_iter().flatten() {
+        let http = server::serve_http(driver.clone(), addr)
             .await
             .map_err(|e| error_chain(&e))?;
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
         tokio::spawn(async move {
-            if let Err(e) = health.await {
-                tracing::error!(error = %e, "health endpoint stopped");
+            if let Err(e) = http.await {
+                tracing::error!(error = %e, "HTTP endpoint stopped");
             }
         });
     }

@@ -16,6 +16,8 @@ pub fn builtin() -> Vec<ProviderFactory> {
     let mut kinds: Vec<ProviderFactory> = Vec::new();
     #[cfg(feature = "local-lvm")]
     kinds.push(omnidisk_provider_local_lvm::FACTORY);
+    #[cfg(feature = "aliyun-disk")]
+    kinds.push(omnidisk_provider_aliyun_disk::FACTORY);
     #[cfg(feature = "fake")]
     kinds.push(omnidisk_provider_api::testing::FACTORY);
     kinds
@@ -64,7 +66,17 @@ pub async fn build_registry(
 
     for instance in &config.instances {
         let provider: Arc<dyn Provider> = if let Some(library) = &instance.library {
-            load_library(config, instance.name.as_str(), library, instance.kind.as_deref())?
+            crate::plugin::load(
+                library,
+                &config.driver.plugin_dir,
+                instance.kind.as_deref(),
+                init(&instance.name, &instance.settings_toml),
+                std::time::Duration::from_secs(config.driver.provider_call_timeout_seconds),
+            )
+            .await
+            .map_err(|e| {
+                config.key_error(&["providers", &instance.name, "library"], &error_chain(&e))
+            })?
         } else {
             let kind = instance.kind.as_deref().unwrap_or_default();
             let factory = builtin()
@@ -98,14 +110,16 @@ pub async fn build_registry(
     Ok(registry)
 }
 
-fn load_library(
-    config: &Config,
-    instance: &str,
-    _library: &std::path::Path,
-    _kind: Option<&str>,
-) -> Result<Arc<dyn Provider>, ConfigError> {
-    Err(config.key_error(
-        &["providers", instance, "library"],
-        "dylib providers are not supported by this build",
-    ))
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }

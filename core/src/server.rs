@@ -91,30 +91,74 @@ pub async fn serve(
         .map_err(ServeError::Transport)
 }
 
-/// Serves `GET /healthz` and `GET /readyz`: 200 once the driver is ready
-/// (what Probe reports), 503 before.
-pub async fn serve_health(
+/// Serves `GET /healthz` and `GET /readyz` (200 once the driver is ready,
+/// as Probe reports, 503 before) and `GET /metrics` (Prometheus text) on
+/// `addr`.
+pub async fn serve_http(
     driver: Arc<Driver>,
     addr: SocketAddr,
 ) -> Result<impl Future<Output = std::io::Result<()>>, ServeError> {
-    use axum::http::StatusCode;
-    let handler = move || {
-        let driver = driver.clone();
-        async move {
-            if driver.is_ready() {
-                (StatusCode::OK, "ok\n")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
-    };
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(handler.clone()))
-        .route("/readyz", axum::routing::get(handler));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Health { addr, source })?;
-    Ok(async move { axum::serve(listener, app).await })
+    Ok(async move { axum::serve(listener, http_router(driver)).await })
+}
+
+/// The HTTP routes (health and metrics).
+pub fn http_router(driver: Arc<Driver>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    let health = {
+        let driver = driver.clone();
+        move || {
+            let driver = driver.clone();
+            async move {
+                if driver.is_ready() {
+                    (StatusCode::OK, "ok\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+        }
+    };
+    let metrics = move || {
+        let driver = driver.clone();
+        async move {
+            refresh_gauges(&driver).await;
+            (
+                [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                crate::metrics::global().encode(),
+            )
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(health.clone()))
+        .route("/readyz", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(metrics))
+}
+
+/// Reads the gauges that are sampled rather than counted.
+async fn refresh_gauges(driver: &Driver) {
+    use omnidisk_provider_api::types::CapacityRequest;
+    let m = crate::metrics::global();
+    m.inflight.set(driver.inflight.len() as i64);
+    for instance in driver.registry.iter() {
+        let local_here = instance.info.node_local && driver.mode.serves_node();
+        if !instance.info.capacity || !(local_here || !instance.info.node_local) {
+            continue;
+        }
+        let call = instance.provider.get_capacity(CapacityRequest::default());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
+            Ok(Ok(cap)) => {
+                let labels = crate::metrics::InstanceLabels { instance: instance.name.clone() };
+                m.capacity_available.get_or_create(&labels).set(cap.available_bytes);
+                if cap.total_bytes > 0 {
+                    m.capacity_total.get_or_create(&labels).set(cap.total_bytes);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(instance = %instance.name, error = %e.full_message(), "capacity for metrics"),
+            Err(_) => tracing::debug!(instance = %instance.name, "capacity for metrics timed out"),
+        }
+    }
 }
 
 #[cfg(test)]

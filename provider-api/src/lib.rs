@@ -12,6 +12,7 @@
 pub mod error;
 #[cfg(feature = "ffi")]
 pub mod ffi;
+pub mod observe;
 pub mod params;
 pub mod provider;
 #[cfg(feature = "testing")]

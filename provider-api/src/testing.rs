@@ -475,6 +475,7 @@ impl Provider for FakeProvider {
             available_bytes: self.settings.capacity_bytes - Self::used(&state),
             maximum_volume_size: self.settings.max_volume_bytes,
             minimum_volume_size: 0,
+            total_bytes: self.settings.capacity_bytes,
         })
     }
 

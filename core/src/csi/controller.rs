@@ -9,7 +9,7 @@ use omnidisk_provider_api::ErrorKind;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, capability_in, snapshot_out, topology_in, volume_out};
-use super::{log_request, traced, validate};
+use super::{log_request, traced, traced_in, validate};
 use crate::error::{CoreError, CoreResult};
 use crate::generated::csi;
 use crate::generated::csi::controller_server::Controller;
@@ -126,6 +126,17 @@ impl ControllerService {
         }))
     }
 
+    /// The instance a `type` parameter selects, for metrics labels.
+    fn type_label(&self, params: &BTreeMap<String, String>) -> String {
+        let mut params = params.clone();
+        let named = take_ci(&mut params, TYPE_PARAM);
+        self.driver
+            .registry
+            .for_type(named.as_deref())
+            .map(|i| i.name.clone())
+            .unwrap_or_default()
+    }
+
     fn guard(&self, key: &str) -> CoreResult<crate::locks::InFlightGuard> {
         self.driver
             .inflight
@@ -170,6 +181,7 @@ impl ControllerService {
                 Some(p::create_volume_request::Source::SourceVolumeId(id.local().to_owned()))
             }
         };
+        let required_bytes = fit_filesystem(required_bytes, limit_bytes, &req.volume_capabilities, &split.node_context)?;
         let requirements = req.accessibility_requirements.as_ref();
         let _guard = self.guard(&format!("create-volume/{}", req.name))?;
         let created = instance
@@ -653,6 +665,33 @@ impl ControllerService {
     }
 }
 
+/// Smallest XFS filesystem mkfs.xfs creates (xfsprogs 5.19 and later).
+pub const XFS_MIN_BYTES: i64 = 300 << 20;
+
+/// Raises the requested size to what the volume's filesystem needs, so a
+/// small XFS volume is not created only to fail at staging.
+fn fit_filesystem(
+    required: i64,
+    limit: i64,
+    caps: &[csi::VolumeCapability],
+    node_context: &BTreeMap<String, String>,
+) -> CoreResult<i64> {
+    let fs_of = |c: &csi::VolumeCapability| match &c.access_type {
+        Some(csi::volume_capability::AccessType::Mount(m)) if !m.fs_type.is_empty() => Some(m.fs_type.clone()),
+        Some(csi::volume_capability::AccessType::Mount(_)) => node_context.get(FS_TYPE_PARAM).cloned(),
+        _ => None,
+    };
+    if !caps.iter().filter_map(fs_of).any(|fs| fs == "xfs") || required >= XFS_MIN_BYTES {
+        return Ok(required);
+    }
+    if limit > 0 && limit < XFS_MIN_BYTES {
+        return Err(CoreError::OutOfRange(format!(
+            "an XFS volume needs at least {XFS_MIN_BYTES} bytes; capacity_range.limit_bytes is {limit}"
+        )));
+    }
+    Ok(XFS_MIN_BYTES)
+}
+
 fn same_instance(instance: &Instance, source: &ScopedId, what: &str) -> CoreResult<()> {
     if source.instance() == instance.name {
         return Ok(());
@@ -688,7 +727,11 @@ macro_rules! rpc {
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_volume(&self, request: Request<csi::CreateVolumeRequest>) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        rpc!(self, request, "CreateVolume", name, create_volume_inner)
+        let req = request.into_inner();
+        log_request(&req);
+        let name = req.name.clone();
+        let instance = self.type_label(&req.parameters);
+        traced_in("CreateVolume", &name, &instance, self.create_volume_inner(req)).await
     }
 
     async fn delete_volume(&self, request: Request<csi::DeleteVolumeRequest>) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
@@ -723,7 +766,8 @@ impl Controller for ControllerService {
 
     async fn get_capacity(&self, request: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let req = request.into_inner();
-        traced("GetCapacity", "", self.get_capacity_inner(req)).await
+        let instance = self.type_label(&req.parameters);
+        traced_in("GetCapacity", "", &instance, self.get_capacity_inner(req)).await
     }
 
     async fn controller_get_capabilities(
@@ -799,5 +843,21 @@ mod tests {
 
         let bad = BTreeMap::from([("fsType".to_string(), "ntfs".to_string())]);
         assert!(split_params(&bad).is_err());
+    }
+
+    #[test]
+    fn xfs_volumes_get_at_least_the_xfs_minimum() {
+        use csi::volume_capability::{AccessMode, AccessType, MountVolume};
+        let cap = |fs: &str| csi::VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
+            access_mode: Some(AccessMode { mode: 1 }),
+        };
+        let none = BTreeMap::new();
+        assert_eq!(fit_filesystem(64 << 20, 0, &[cap("xfs")], &none).unwrap(), XFS_MIN_BYTES);
+        assert_eq!(fit_filesystem(64 << 20, 0, &[cap("ext4")], &none).unwrap(), 64 << 20);
+        let ctx = BTreeMap::from([(FS_TYPE_PARAM.to_string(), "xfs".to_string())]);
+        assert_eq!(fit_filesystem(1, 0, &[cap("")], &ctx).unwrap(), XFS_MIN_BYTES);
+        let err = fit_filesystem(1, 100 << 20, &[cap("xfs")], &none).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
     }
 }

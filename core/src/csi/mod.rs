@@ -9,15 +9,32 @@ pub mod validate;
 use std::future::Future;
 use std::time::Instant;
 
-use tonic::{Response, Status};
+use tonic::{Code, Response, Status};
 use tracing::Instrument;
 
 use crate::error::CoreError;
 
 /// Runs one RPC handler inside a span carrying the method and the volume
-/// (or snapshot) ID, logs the outcome with its gRPC code and duration, and
-/// converts the error into a status, the only way handlers produce one.
+/// (or snapshot) ID, logs the outcome with its gRPC code and duration,
+/// records it in the metrics, and converts the error into a status: the only
+/// way handlers produce one. The instance label comes from the ID.
 pub async fn traced<T, F>(method: &'static str, object_id: &str, handler: F) -> Result<Response<T>, Status>
+where
+    F: Future<Output = Result<T, CoreError>>,
+{
+    let instance = crate::ids::ScopedId::parse(object_id)
+        .map(|id| id.instance().to_owned())
+        .unwrap_or_default();
+    traced_in(method, object_id, &instance, handler).await
+}
+
+/// [`traced`] with an explicit instance label (calls routed by `type`).
+pub async fn traced_in<T, F>(
+    method: &'static str,
+    object_id: &str,
+    instance: &str,
+    handler: F,
+) -> Result<Response<T>, Status>
 where
     F: Future<Output = Result<T, CoreError>>,
 {
@@ -25,14 +42,17 @@ where
     async move {
         let start = Instant::now();
         let result = handler.await;
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = start.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
             Ok(response) => {
+                crate::metrics::global().record_operation(method, instance, Code::Ok, elapsed);
                 tracing::info!(outcome = "OK", elapsed_ms, "done");
                 Ok(Response::new(response))
             }
             Err(err) => {
                 let status = Status::from(err);
+                crate::metrics::global().record_operation(method, instance, status.code(), elapsed);
                 tracing::warn!(outcome = ?status.code(), elapsed_ms, error = %status.message(), "failed");
                 Err(status)
             }

@@ -52,7 +52,10 @@ pub struct NodeService {
     driver: Arc<Driver>,
 }
 
-fn provider_err(instance: &Instance, op: &'static str) -> impl FnOnce(omnidisk_provider_api::ProviderError) -> CoreError {
+fn provider_err(
+    instance: &Instance,
+    op: &'static str,
+) -> impl FnOnce(omnidisk_provider_api::ProviderError) -> CoreError {
     let name = instance.name.clone();
     move |source| CoreError::Provider {
         instance: name,
@@ -149,7 +152,9 @@ fn filesystem_to_mount(found: &str, wanted: FsChoice) -> CoreResult<String> {
 
 fn rpc_capability(kind: RpcType) -> csi::NodeServiceCapability {
     csi::NodeServiceCapability {
-        r#type: Some(CapType::Rpc(Rpc { r#type: kind as i32 })),
+        r#type: Some(CapType::Rpc(Rpc {
+            r#type: kind as i32,
+        })),
     }
 }
 
@@ -175,7 +180,10 @@ impl NodeService {
         let owned = path.to_path_buf();
         self.host(move |m| m.find_mount(&owned))
             .await
-            .map_err(host_err(format!("reading the mount table for {}", path.display())))
+            .map_err(host_err(format!(
+                "reading the mount table for {}",
+                path.display()
+            )))
     }
 
     async fn device_number(&self, device: &Path) -> CoreResult<DeviceNumber> {
@@ -211,7 +219,9 @@ impl NodeService {
         }
         let default = &self.driver.node.default_fs_type;
         let fs = FsType::parse(default).map_err(|e| {
-            CoreError::Internal(format!("the configured default filesystem is unusable: {e}"))
+            CoreError::Internal(format!(
+                "the configured default filesystem is unusable: {e}"
+            ))
         })?;
         Ok(FsChoice {
             fs,
@@ -252,10 +262,13 @@ impl NodeService {
         options: &FormatOptions,
     ) -> CoreResult<String> {
         let dev = device.to_path_buf();
-        let probe = self.host(move |m| m.probe(&dev)).await.map_err(host_err(format!(
-            "cannot tell whether {} holds a filesystem, so it is not formatted",
-            device.display()
-        )))?;
+        let probe = self
+            .host(move |m| m.probe(&dev))
+            .await
+            .map_err(host_err(format!(
+                "cannot tell whether {} holds a filesystem, so it is not formatted",
+                device.display()
+            )))?;
         match probe {
             Probe::Unformatted => {
                 let dev = device.to_path_buf();
@@ -286,7 +299,11 @@ impl NodeService {
             .await
             .map_err(io_err(format!("creating {}", target.display())))?;
         let (dev, tgt) = (device.to_path_buf(), target.to_path_buf());
-        let what = format!("mounting {} on {} as {fs_type}", device.display(), target.display());
+        let what = format!(
+            "mounting {} on {} as {fs_type}",
+            device.display(),
+            target.display()
+        );
         self.host(move |m| m.mount(&dev, &tgt, &fs_type, &options))
             .await
             .map_err(host_err(what))
@@ -334,7 +351,10 @@ impl NodeService {
         }
     }
 
-    async fn stage(&self, req: csi::NodeStageVolumeRequest) -> CoreResult<csi::NodeStageVolumeResponse> {
+    async fn stage(
+        &self,
+        req: csi::NodeStageVolumeRequest,
+    ) -> CoreResult<csi::NodeStageVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let staging = path_field("staging_target_path", &req.staging_target_path)?;
         let cap = capability_field(req.volume_capability.as_ref())?;
@@ -375,12 +395,18 @@ impl NodeService {
             )));
         }
 
-        let fs_type = self.ensure_filesystem(&device, wanted, &format_options).await?;
-        self.mount_device(&device, &staging, fs_type, options).await?;
+        let fs_type = self
+            .ensure_filesystem(&device, wanted, &format_options)
+            .await?;
+        self.mount_device(&device, &staging, fs_type, options)
+            .await?;
         Ok(csi::NodeStageVolumeResponse {})
     }
 
-    async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> CoreResult<csi::NodeUnstageVolumeResponse> {
+    async fn unstage(
+        &self,
+        req: csi::NodeUnstageVolumeRequest,
+    ) -> CoreResult<csi::NodeUnstageVolumeResponse> {
         validate::required("volume_id", &req.volume_id)?;
         let staging = path_field("staging_target_path", &req.staging_target_path)?;
         let _guard = self.claim(&req.volume_id)?;
@@ -389,7 +415,10 @@ impl NodeService {
         Ok(csi::NodeUnstageVolumeResponse {})
     }
 
-    async fn publish(&self, req: csi::NodePublishVolumeRequest) -> CoreResult<csi::NodePublishVolumeResponse> {
+    async fn publish(
+        &self,
+        req: csi::NodePublishVolumeRequest,
+    ) -> CoreResult<csi::NodePublishVolumeResponse> {
         if get_ci(&req.volume_context, EPHEMERAL_KEY) == Some("true") {
             return self.publish_ephemeral(req).await;
         }
@@ -403,7 +432,8 @@ impl NodeService {
         }
         let read_only = req.readonly || reader_only(cap);
         if is_block(cap) {
-            self.publish_block(instance, &id, &req, &target, read_only).await?;
+            self.publish_block(instance, &id, &req, &target, read_only)
+                .await?;
         } else {
             self.publish_mount(&id, &req.staging_target_path, &target, read_only)
                 .await?;
@@ -411,7 +441,13 @@ impl NodeService {
         Ok(csi::NodePublishVolumeResponse {})
     }
 
-    async fn publish_mount(&self, id: &ScopedId, staging_raw: &str, target: &Path, read_only: bool) -> CoreResult<()> {
+    async fn publish_mount(
+        &self,
+        id: &ScopedId,
+        staging_raw: &str,
+        target: &Path,
+        read_only: bool,
+    ) -> CoreResult<()> {
         if staging_raw.is_empty() {
             return Err(CoreError::FailedPrecondition(
                 "staging_target_path is required: this driver stages volumes before publishing them".into(),
@@ -428,7 +464,11 @@ impl NodeService {
             return Err(CoreError::AlreadyExists(format!(
                 "{} is already a {} mount of device {}, not a {} mount of {id} ({})",
                 target.display(),
-                if existing.is_read_only() { "read-only" } else { "read-write" },
+                if existing.is_read_only() {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
                 existing.device,
                 if read_only { "read-only" } else { "read-write" },
                 staged.device
@@ -493,7 +533,12 @@ impl NodeService {
                     .await
                     .map_err(io_err(format!("creating {}", target.display())))?;
             }
-            Err(e) => return Err(CoreError::node(format!("inspecting {}", target.display()), e)),
+            Err(e) => {
+                return Err(CoreError::node(
+                    format!("inspecting {}", target.display()),
+                    e,
+                ));
+            }
         }
         let (src, tgt) = (device.clone(), target.to_path_buf());
         self.host(move |m| m.bind_mount(&src, &tgt, read_only))
@@ -505,7 +550,10 @@ impl NodeService {
             )))
     }
 
-    async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> CoreResult<csi::NodeUnpublishVolumeResponse> {
+    async fn unpublish(
+        &self,
+        req: csi::NodeUnpublishVolumeRequest,
+    ) -> CoreResult<csi::NodeUnpublishVolumeResponse> {
         validate::required("volume_id", &req.volume_id)?;
         let target = path_field("target_path", &req.target_path)?;
         let _guard = self.claim(&req.volume_id)?;
@@ -521,7 +569,10 @@ impl NodeService {
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
 
-    async fn publish_ephemeral(&self, req: csi::NodePublishVolumeRequest) -> CoreResult<csi::NodePublishVolumeResponse> {
+    async fn publish_ephemeral(
+        &self,
+        req: csi::NodePublishVolumeRequest,
+    ) -> CoreResult<csi::NodePublishVolumeResponse> {
         let kubelet_id = KubeletVolumeId::parse(&req.volume_id)?;
         let target = path_field("target_path", &req.target_path)?;
         let cap = capability_field(req.volume_capability.as_ref())?;
@@ -635,8 +686,11 @@ impl NodeService {
             .find_device(instance, &id, &publish_context, &volume.context)
             .await?;
         self.device_number(&device).await?;
-        let fs_type = self.ensure_filesystem(&device, wanted, &format_options).await?;
-        self.mount_device(&device, &target, fs_type, options).await?;
+        let fs_type = self
+            .ensure_filesystem(&device, wanted, &format_options)
+            .await?;
+        self.mount_device(&device, &target, fs_type, options)
+            .await?;
         tracing::info!(volume = %id, kubelet_volume = %kubelet_id, "ephemeral volume published");
         Ok(csi::NodePublishVolumeResponse {})
     }
@@ -678,7 +732,10 @@ impl NodeService {
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
 
-    async fn stats(&self, req: csi::NodeGetVolumeStatsRequest) -> CoreResult<csi::NodeGetVolumeStatsResponse> {
+    async fn stats(
+        &self,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> CoreResult<csi::NodeGetVolumeStatsResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let path = path_field("volume_path", &req.volume_path)?;
         let instance = self.driver.registry.for_id(&id)?;
@@ -707,7 +764,10 @@ impl NodeService {
                         unit: csi::volume_usage::Unit::Bytes as i32,
                         ..Default::default()
                     }),
-                    Err(e) => problems.push(format!("the device bound at {} is gone: {e}", mount.mount_point.display())),
+                    Err(e) => problems.push(format!(
+                        "the device bound at {} is gone: {e}",
+                        mount.mount_point.display()
+                    )),
                 }
             }
             Some(mount) => {
@@ -728,7 +788,10 @@ impl NodeService {
                             unit: csi::volume_usage::Unit::Inodes as i32,
                         });
                     }
-                    Err(e) => problems.push(format!("cannot read the filesystem at {}: {e}", path.display())),
+                    Err(e) => problems.push(format!(
+                        "cannot read the filesystem at {}: {e}",
+                        path.display()
+                    )),
                 }
                 if let Some(source) = checked_path(&mount.source) {
                     if self.device_number(&source).await.ok() != Some(mount.device) {
@@ -745,13 +808,18 @@ impl NodeService {
             .await
         {
             Ok(c) if c.abnormal => problems.push(if c.message.is_empty() {
-                format!("provider instance {} reports the volume abnormal", instance.name)
+                format!(
+                    "provider instance {} reports the volume abnormal",
+                    instance.name
+                )
             } else {
                 c.message
             }),
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::Unimplemented => {}
-            Err(e) => tracing::warn!(instance = %instance.name, error = %e.full_message(), "cannot read the volume condition"),
+            Err(e) => {
+                tracing::warn!(instance = %instance.name, error = %e.full_message(), "cannot read the volume condition")
+            }
         }
         Ok(csi::NodeGetVolumeStatsResponse {
             usage,
@@ -762,7 +830,10 @@ impl NodeService {
         })
     }
 
-    async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> CoreResult<csi::NodeExpandVolumeResponse> {
+    async fn expand(
+        &self,
+        req: csi::NodeExpandVolumeRequest,
+    ) -> CoreResult<csi::NodeExpandVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let path = path_field("volume_path", &req.volume_path)?;
         let (required, _limit) = validate::capacity_range(req.capacity_range.as_ref())?;
@@ -816,7 +887,11 @@ impl NodeService {
                 mount.mount_point.display()
             )));
         }
-        let (dev, mount_point, fs_type) = (device.clone(), mount.mount_point.clone(), mount.fs_type.clone());
+        let (dev, mount_point, fs_type) = (
+            device.clone(),
+            mount.mount_point.clone(),
+            mount.fs_type.clone(),
+        );
         self.host(move |m| m.grow_filesystem(&dev, &mount_point, &fs_type))
             .await
             .map_err(host_err(format!(
@@ -828,7 +903,10 @@ impl NodeService {
         let size = self
             .host(move |m| m.device_size(&dev))
             .await
-            .map_err(host_err(format!("reading the size of {}", device.display())))?;
+            .map_err(host_err(format!(
+                "reading the size of {}",
+                device.display()
+            )))?;
         let size = i64::try_from(size).unwrap_or(i64::MAX);
         if required > 0 && size < required {
             return Err(CoreError::FailedPrecondition(format!(
@@ -836,7 +914,9 @@ impl NodeService {
                 device.display()
             )));
         }
-        Ok(csi::NodeExpandVolumeResponse { capacity_bytes: size })
+        Ok(csi::NodeExpandVolumeResponse {
+            capacity_bytes: size,
+        })
     }
 
     async fn info(&self) -> CoreResult<csi::NodeGetInfoResponse> {
@@ -860,7 +940,9 @@ impl NodeService {
                 }
             };
             if !info.node_id.is_empty() && info.node_id != node_id.name {
-                node_id.per_instance.insert(instance.name.clone(), info.node_id);
+                node_id
+                    .per_instance
+                    .insert(instance.name.clone(), info.node_id);
             }
             for (key, value) in info.topology.map(|t| t.segments).unwrap_or_default() {
                 if let Some(previous) = segments.insert(key.clone(), value.clone()) {
@@ -874,7 +956,7 @@ impl NodeService {
             }
         }
         let text = node_id.to_string();
-        if text.len() > MAX_NODE_ID_BYTES || NodeId::parse(&text).ok().as_ref() != Some(&node_id) {
+        if text.len() > MAX_NODE_ID_BYTES || NodeId::parse(&text).is_err() {
             return Err(CoreError::Internal(format!(
                 "the node ID {text:?} cannot be encoded (too long, or a provider node ID contains ';' or '=')"
             )));
@@ -988,23 +1070,41 @@ mod tests {
 
     #[test]
     fn paths_from_outside_are_checked() {
-        assert_eq!(path_field("target_path", "/var/lib/kubelet/x").unwrap(), Path::new("/var/lib/kubelet/x"));
+        assert_eq!(
+            path_field("target_path", "/var/lib/kubelet/x").unwrap(),
+            Path::new("/var/lib/kubelet/x")
+        );
         for bad in ["relative/path", "/a/../etc", "/a/b\n", "/a/\0b"] {
             let err = path_field("target_path", bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
             assert!(err.to_string().contains("target_path"), "{err}");
         }
-        assert_eq!(path_field("target_path", "").unwrap_err().to_string(), "target_path is required");
+        assert_eq!(
+            path_field("target_path", "").unwrap_err().to_string(),
+            "target_path is required"
+        );
         assert!(checked_path(&format!("/{}", "x".repeat(MAX_PATH_BYTES))).is_none());
     }
 
     #[test]
     fn existing_filesystems_are_mounted_not_reformatted() {
         let explicit = |fs| FsChoice { fs, explicit: true };
-        let defaulted = |fs| FsChoice { fs, explicit: false };
-        assert_eq!(filesystem_to_mount("ext4", explicit(FsType::Ext4)).unwrap(), "ext4");
-        assert_eq!(filesystem_to_mount("ext3", explicit(FsType::Ext4)).unwrap(), "ext3");
-        assert_eq!(filesystem_to_mount("xfs", defaulted(FsType::Ext4)).unwrap(), "xfs");
+        let defaulted = |fs| FsChoice {
+            fs,
+            explicit: false,
+        };
+        assert_eq!(
+            filesystem_to_mount("ext4", explicit(FsType::Ext4)).unwrap(),
+            "ext4"
+        );
+        assert_eq!(
+            filesystem_to_mount("ext3", explicit(FsType::Ext4)).unwrap(),
+            "ext3"
+        );
+        assert_eq!(
+            filesystem_to_mount("xfs", defaulted(FsType::Ext4)).unwrap(),
+            "xfs"
+        );
         let err = filesystem_to_mount("xfs", explicit(FsType::Ext4)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains("never reformatted"), "{err}");
@@ -1021,7 +1121,10 @@ mod tests {
         });
         assert_eq!(err.code(), tonic::Code::Internal);
         let msg = err.full_message();
-        assert!(msg.starts_with("mounting /dev/a on /b: cannot unmount /b"), "{msg}");
+        assert!(
+            msg.starts_with("mounting /dev/a on /b: cannot unmount /b"),
+            "{msg}"
+        );
         assert!(msg.to_lowercase().contains("busy"), "{msg}");
     }
 }

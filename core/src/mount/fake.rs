@@ -155,12 +155,18 @@ impl FakeMounter {
 
     /// The filesystem on a device, if any.
     pub fn filesystem(&self, path: impl AsRef<Path>) -> Option<String> {
-        self.lock().devices.get(path.as_ref()).and_then(|d| d.fs.clone())
+        self.lock()
+            .devices
+            .get(path.as_ref())
+            .and_then(|d| d.fs.clone())
     }
 
     /// How many times a device was formatted.
     pub fn format_count(&self, path: impl AsRef<Path>) -> u32 {
-        self.lock().devices.get(path.as_ref()).map_or(0, |d| d.formats)
+        self.lock()
+            .devices
+            .get(path.as_ref())
+            .map_or(0, |d| d.formats)
     }
 
     /// Pretends `bytes` are in use on the device's filesystem.
@@ -181,10 +187,17 @@ impl FakeMounter {
     }
 
     fn injected(state: &mut State, op: FakeOp) -> Option<io::Error> {
-        state.fail_next.remove(&op).map(io::Error::from_raw_os_error)
+        state
+            .fail_next
+            .remove(&op)
+            .map(io::Error::from_raw_os_error)
     }
 
-    fn device<'a>(&self, state: &'a mut State, path: &Path) -> Result<&'a mut FakeDevice, MountError> {
+    fn device<'a>(
+        &self,
+        state: &'a mut State,
+        path: &Path,
+    ) -> Result<&'a mut FakeDevice, MountError> {
         if !state.devices.contains_key(path) {
             if !self.auto_devices || !path.is_absolute() {
                 return Err(MountError::Inspect {
@@ -194,10 +207,13 @@ impl FakeMounter {
             }
             return Ok(Self::insert_device(state, path, Self::DEFAULT_DEVICE_SIZE));
         }
-        state.devices.get_mut(path).ok_or_else(|| MountError::Inspect {
-            path: path.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })
+        state
+            .devices
+            .get_mut(path)
+            .ok_or_else(|| MountError::Inspect {
+                path: path.to_path_buf(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })
     }
 
     fn push_mount(state: &mut State, entry: MountInfo) {
@@ -308,7 +324,10 @@ impl Mounter for FakeMounter {
                 device: number,
                 root: PathBuf::from("/"),
                 mount_point: canonical(target),
-                mount_options: vec![if read_only { "ro" } else { "rw" }.to_owned(), "relatime".to_owned()],
+                mount_options: vec![
+                    if read_only { "ro" } else { "rw" }.to_owned(),
+                    "relatime".to_owned(),
+                ],
                 optional_fields: Vec::new(),
                 fs_type: fs_type.to_owned(),
                 source: device.to_string_lossy().into_owned(),
@@ -402,7 +421,12 @@ impl Mounter for FakeMounter {
         Ok(())
     }
 
-    fn grow_filesystem(&self, device: &Path, mount_point: &Path, fs_type: &str) -> Result<(), MountError> {
+    fn grow_filesystem(
+        &self,
+        device: &Path,
+        mount_point: &Path,
+        fs_type: &str,
+    ) -> Result<(), MountError> {
         let mut state = self.lock();
         if let Some(e) = Self::injected(&mut state, FakeOp::Grow) {
             return Err(MountError::Spawn {
@@ -452,7 +476,11 @@ impl Mounter for FakeMounter {
     fn device_size(&self, device: &Path) -> Result<u64, MountError> {
         let mut state = self.lock();
         let key = canonical(device);
-        let path = state.bound.get(&key).cloned().unwrap_or_else(|| device.to_path_buf());
+        let path = state
+            .bound
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| device.to_path_buf());
         self.device(&mut state, &path).map(|d| d.size)
     }
 }
@@ -470,13 +498,20 @@ mod tests {
         std::fs::create_dir(&target).unwrap();
         let m = FakeMounter::strict();
         let dev = Path::new("/dev/fake0");
-        assert!(m.probe(dev).is_err(), "unknown devices cannot be probed in strict mode");
+        assert!(
+            m.probe(dev).is_err(),
+            "unknown devices cannot be probed in strict mode"
+        );
         m.add_device(dev, 10 << 30);
         assert_eq!(m.probe(dev).unwrap(), Probe::Unformatted);
 
         let opts = MountOptions::default();
-        assert!(m.mount(dev, &staging, "ext4", &opts).is_err(), "unformatted devices do not mount");
-        m.format(dev, FsType::Ext4, &FormatOptions::default()).unwrap();
+        assert!(
+            m.mount(dev, &staging, "ext4", &opts).is_err(),
+            "unformatted devices do not mount"
+        );
+        m.format(dev, FsType::Ext4, &FormatOptions::default())
+            .unwrap();
         assert_eq!(m.probe(dev).unwrap(), Probe::Filesystem("ext4".into()));
         m.mount(dev, &staging, "ext4", &opts).unwrap();
         let staged = m.find_mount(&staging).unwrap().unwrap();
@@ -508,10 +543,19 @@ mod tests {
         let m = FakeMounter::new();
         let dev = Path::new("/dev/fake-block");
         m.bind_mount(dev, &target, false).unwrap();
-        assert_eq!(m.device_number(&target).unwrap(), m.device_number(dev).unwrap());
-        assert_eq!(m.device_size(&target).unwrap(), FakeMounter::DEFAULT_DEVICE_SIZE);
+        assert_eq!(
+            m.device_number(&target).unwrap(),
+            m.device_number(dev).unwrap()
+        );
+        assert_eq!(
+            m.device_size(&target).unwrap(),
+            FakeMounter::DEFAULT_DEVICE_SIZE
+        );
         m.unmount(&target).unwrap();
-        assert!(matches!(m.device_number(&target), Err(MountError::NotBlockDevice(_))));
+        assert!(matches!(
+            m.device_number(&target),
+            Err(MountError::NotBlockDevice(_))
+        ));
     }
 
     #[test]
@@ -522,8 +566,11 @@ mod tests {
         m.add_device(dev, 1 << 30);
         m.set_filesystem(dev, "xfs");
         m.fail_next(FakeOp::Mount, libc::EIO);
-        let err = m.mount(dev, dir.path(), "xfs", &MountOptions::default()).unwrap_err();
+        let err = m
+            .mount(dev, dir.path(), "xfs", &MountOptions::default())
+            .unwrap_err();
         assert!(matches!(err, MountError::Mount { .. }), "{err}");
-        m.mount(dev, dir.path(), "xfs", &MountOptions::default()).unwrap();
+        m.mount(dev, dir.path(), "xfs", &MountOptions::default())
+            .unwrap();
     }
 }

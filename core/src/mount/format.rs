@@ -247,10 +247,22 @@ impl FormatOptions {
         };
         put(BLOCK_SIZE_KEY, self.block_size.map(|v| v.to_string()));
         put(INODE_SIZE_KEY, self.inode_size.map(|v| v.to_string()));
-        put(BYTES_PER_INODE_KEY, self.bytes_per_inode.map(|v| v.to_string()));
-        put(NUMBER_OF_INODES_KEY, self.number_of_inodes.map(|v| v.to_string()));
-        put(EXT4_BIG_ALLOC_KEY, self.ext4_big_alloc.map(|v| v.to_string()));
-        put(EXT4_CLUSTER_SIZE_KEY, self.ext4_cluster_size.map(|v| v.to_string()));
+        put(
+            BYTES_PER_INODE_KEY,
+            self.bytes_per_inode.map(|v| v.to_string()),
+        );
+        put(
+            NUMBER_OF_INODES_KEY,
+            self.number_of_inodes.map(|v| v.to_string()),
+        );
+        put(
+            EXT4_BIG_ALLOC_KEY,
+            self.ext4_big_alloc.map(|v| v.to_string()),
+        );
+        put(
+            EXT4_CLUSTER_SIZE_KEY,
+            self.ext4_cluster_size.map(|v| v.to_string()),
+        );
         if !self.mkfs_options.is_empty() {
             put(MKFS_OPTIONS_KEY, Some(self.mkfs_options.join(" ")));
         }
@@ -317,7 +329,11 @@ impl FormatOptions {
         if let Some(n) = self.ext4_cluster_size {
             args.extend(["-C".to_owned(), n.to_string()]);
         }
-        let family = if fs.is_ext() { Family::Ext } else { Family::Xfs };
+        let family = if fs.is_ext() {
+            Family::Ext
+        } else {
+            Family::Xfs
+        };
         check_tokens(family, &self.mkfs_options).map_err(|e| match e {
             FormatError::UnsafeMkfsToken { token, detail } => FormatError::UnsafeMkfsToken {
                 token,
@@ -445,7 +461,14 @@ const XFS_FLAGS: &[(&str, Value)] = &[
     (
         "-m",
         Value::SubOptions(&[
-            "crc", "finobt", "uuid", "rmapbt", "reflink", "bigtime", "inobtcount", "autofsck",
+            "crc",
+            "finobt",
+            "uuid",
+            "rmapbt",
+            "reflink",
+            "bigtime",
+            "inobtcount",
+            "autofsck",
         ]),
     ),
     ("-L", Value::Label(12)),
@@ -470,14 +493,24 @@ const XFS_FLAGS: &[(&str, Value)] = &[
     (
         "-i",
         Value::SubOptions(&[
-            "size", "maxpct", "align", "sparse", "attr", "projid32bit", "nrext64", "exchange",
+            "size",
+            "maxpct",
+            "align",
+            "sparse",
+            "attr",
+            "projid32bit",
+            "nrext64",
+            "exchange",
         ]),
     ),
     (
         "-l",
         Value::SubOptions(&["size", "version", "sunit", "su", "lazy-count", "internal"]),
     ),
-    ("-n", Value::SubOptions(&["size", "version", "ftype", "parent"])),
+    (
+        "-n",
+        Value::SubOptions(&["size", "version", "ftype", "parent"]),
+    ),
     ("-s", Value::SubOptions(&["size"])),
 ];
 
@@ -493,7 +526,10 @@ fn check_tokens_for_any_family(tokens: &[String]) -> Result<(), FormatError> {
     // token list only has to be valid for some family; mkfs_args checks it
     // against the real one. When both refuse it, the family that accepted
     // more tokens is probably the one meant, so its complaint is reported.
-    match (scan_tokens(Family::Ext, tokens), scan_tokens(Family::Xfs, tokens)) {
+    match (
+        scan_tokens(Family::Ext, tokens),
+        scan_tokens(Family::Xfs, tokens),
+    ) {
         (Ok(()), _) | (_, Ok(())) => Ok(()),
         (Err((ext_at, ext_err)), Err((xfs_at, xfs_err))) => {
             Err(if xfs_at > ext_at { xfs_err } else { ext_err })
@@ -516,7 +552,10 @@ fn scan_tokens(family: Family, tokens: &[String]) -> Result<(), (usize, FormatEr
         };
         let Some((_, rule)) = flags_of(family).iter().find(|(flag, _)| flag == token) else {
             let allowed: Vec<&str> = flags_of(family).iter().map(|(f, _)| *f).collect();
-            return Err((index, refuse(format!(" (allowed flags: {})", allowed.join(" ")))));
+            return Err((
+                index,
+                refuse(format!(" (allowed flags: {})", allowed.join(" "))),
+            ));
         };
         index += 1;
         if matches!(rule, Value::Switch) {
@@ -550,16 +589,21 @@ fn check_value(rule: Value, value: &str) -> Result<(), String> {
     match rule {
         Value::Switch => Ok(()),
         Value::Int(min, max) => match value.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) && value.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+            Ok(n) if (min..=max).contains(&n) && value.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(())
+            }
             _ => Err(format!("expected a number in {min}..{max}")),
         },
         Value::Label(max) if value.len() <= max && plain_chars(value, ".") => Ok(()),
-        Value::Label(max) => Err(format!("expected a label of at most {max} letters, digits, '.', '_', '-'")),
+        Value::Label(max) => Err(format!(
+            "expected a label of at most {max} letters, digits, '.', '_', '-'"
+        )),
         Value::Word if value.len() <= 32 && plain_chars(value, "") => Ok(()),
         Value::Word => Err("expected a short word".into()),
         Value::Uuid => {
             let named = ["clear", "random", "time"].contains(&value);
-            let uuid = value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            let uuid =
+                value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
             if named || uuid {
                 Ok(())
             } else {
@@ -587,11 +631,16 @@ fn check_value(rule: Value, value: &str) -> Result<(), String> {
                     None => (part, None),
                 };
                 if !keys.contains(&key) {
-                    return Err(format!("suboption {key:?} is not allowed (allowed: {})", keys.join(", ")));
+                    return Err(format!(
+                        "suboption {key:?} is not allowed (allowed: {})",
+                        keys.join(", ")
+                    ));
                 }
                 if let Some(v) = val {
                     if v.len() > 64 || !plain_chars(v, ".:") {
-                        return Err(format!("suboption value {v:?} has characters outside letters, digits, '.', ':', '_', '-'"));
+                        return Err(format!(
+                            "suboption value {v:?} has characters outside letters, digits, '.', ':', '_', '-'"
+                        ));
                     }
                 }
             }
@@ -605,7 +654,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn invalid_message(err: CoreError) -> String {
@@ -644,7 +696,20 @@ mod tests {
         assert_eq!(opts.to_context(), ctx);
         assert_eq!(
             opts.mkfs_args(FsType::Ext4).unwrap(),
-            ["-b", "4096", "-I", "512", "-O", "bigalloc", "-C", "65536", "-m", "0", "-O", "^has_journal,quota"]
+            [
+                "-b",
+                "4096",
+                "-I",
+                "512",
+                "-O",
+                "bigalloc",
+                "-C",
+                "65536",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal,quota"
+            ]
         );
     }
 
@@ -672,7 +737,10 @@ mod tests {
         for (key, value, expected) in cases {
             let mut params = map(&[(key, value)]);
             let msg = invalid_message(extract_from_params(&mut params).unwrap_err());
-            assert!(msg.contains(key) && msg.contains(expected), "{key}={value}: {msg}");
+            assert!(
+                msg.contains(key) && msg.contains(expected),
+                "{key}={value}: {msg}"
+            );
         }
     }
 
@@ -703,7 +771,10 @@ mod tests {
         for (options, token) in cases {
             let mut params = map(&[("mkfsOptions", options)]);
             let msg = invalid_message(extract_from_params(&mut params).unwrap_err());
-            assert!(msg.contains(&format!("{token:?}")) || msg.contains(token), "{options}: {msg}");
+            assert!(
+                msg.contains(&format!("{token:?}")) || msg.contains(token),
+                "{options}: {msg}"
+            );
             assert!(msg.contains("mkfsOptions"), "{msg}");
         }
     }
@@ -721,17 +792,36 @@ mod tests {
         let err = opts.mkfs_args(FsType::Ext4).unwrap_err();
         assert!(err.to_string().contains("for ext4"), "{err}");
 
-        let ext_only = from_context(&map(&[("bytesPerInode", "8192"), ("numberOfInodes", "1000")])).unwrap();
-        assert_eq!(ext_only.mkfs_args(FsType::Ext3).unwrap(), ["-i", "8192", "-N", "1000"]);
+        let ext_only = from_context(&map(&[
+            ("bytesPerInode", "8192"),
+            ("numberOfInodes", "1000"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            ext_only.mkfs_args(FsType::Ext3).unwrap(),
+            ["-i", "8192", "-N", "1000"]
+        );
         let err = ext_only.mkfs_args(FsType::Xfs).unwrap_err();
-        assert_eq!(err, FormatError::NotForFilesystem { key: BYTES_PER_INODE_KEY, fs: FsType::Xfs });
+        assert_eq!(
+            err,
+            FormatError::NotForFilesystem {
+                key: BYTES_PER_INODE_KEY,
+                fs: FsType::Xfs
+            }
+        );
 
         let bigalloc = from_context(&map(&[("ext4BigAlloc", "true")])).unwrap();
         assert!(bigalloc.mkfs_args(FsType::Ext3).is_err());
 
         let sizes = from_context(&map(&[("blockSize", "512"), ("inodeSize", "512")])).unwrap();
-        assert_eq!(sizes.mkfs_args(FsType::Xfs).unwrap(), ["-b", "size=512", "-i", "size=512"]);
-        assert!(sizes.mkfs_args(FsType::Ext4).is_err(), "512-byte ext blocks do not exist");
+        assert_eq!(
+            sizes.mkfs_args(FsType::Xfs).unwrap(),
+            ["-b", "size=512", "-i", "size=512"]
+        );
+        assert!(
+            sizes.mkfs_args(FsType::Ext4).is_err(),
+            "512-byte ext blocks do not exist"
+        );
         let small_inode = from_context(&map(&[("inodeSize", "128")])).unwrap();
         assert!(small_inode.mkfs_args(FsType::Xfs).is_err());
     }
@@ -740,6 +830,9 @@ mod tests {
     fn fs_types_parse() {
         assert_eq!(FsType::parse("EXT4").unwrap(), FsType::Ext4);
         assert_eq!(FsType::parse("xfs").unwrap().mkfs_program(), "mkfs.xfs");
-        assert!(matches!(FsType::parse("btrfs"), Err(FormatError::UnknownFilesystem(_))));
+        assert!(matches!(
+            FsType::parse("btrfs"),
+            Err(FormatError::UnknownFilesystem(_))
+        ));
     }
 }

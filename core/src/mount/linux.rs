@@ -237,12 +237,15 @@ impl Mounter for LinuxMounter {
         let mut file = File::open(device).map_err(inspect(device))?;
         file.read_exact(&mut head).map_err(inspect(device))?;
 
-        let out = self.run("blkid", &[
-            OsStr::new("-p"),
-            OsStr::new("-o"),
-            OsStr::new("export"),
-            device.as_os_str(),
-        ])?;
+        let out = self.run(
+            "blkid",
+            &[
+                OsStr::new("-p"),
+                OsStr::new("-o"),
+                OsStr::new("export"),
+                device.as_os_str(),
+            ],
+        )?;
         match out.output.status.code() {
             Some(0) => classify_blkid(&out.stdout()).ok_or_else(|| MountError::ProbeUndecided {
                 device: device.to_path_buf(),
@@ -252,7 +255,9 @@ impl Mounter for LinuxMounter {
                 None => Ok(Probe::Unformatted),
                 Some(magic) => Err(MountError::ProbeUndecided {
                     device: device.to_path_buf(),
-                    reason: format!("blkid found nothing but the device carries a {magic} superblock magic"),
+                    reason: format!(
+                        "blkid found nothing but the device carries a {magic} superblock magic"
+                    ),
                 }),
             },
             Some(8) => Err(MountError::ProbeUndecided {
@@ -328,7 +333,12 @@ impl Mounter for LinuxMounter {
         })
     }
 
-    fn grow_filesystem(&self, device: &Path, mount_point: &Path, fs_type: &str) -> Result<(), MountError> {
+    fn grow_filesystem(
+        &self,
+        device: &Path,
+        mount_point: &Path,
+        fs_type: &str,
+    ) -> Result<(), MountError> {
         match fs_type {
             "ext2" | "ext3" | "ext4" => self
                 .run_checked("resize2fs", &[device.as_os_str()])
@@ -345,7 +355,11 @@ impl Mounter for LinuxMounter {
             path: path.to_path_buf(),
             source: e.into(),
         })?;
-        let unit = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
+        let unit = if st.f_frsize > 0 {
+            st.f_frsize
+        } else {
+            st.f_bsize
+        };
         Ok(FsStats {
             total_bytes: st.f_blocks.saturating_mul(unit),
             available_bytes: st.f_bavail.saturating_mul(unit),
@@ -373,9 +387,15 @@ mod tests {
         let ext = "DEVNAME=/dev/loop1\nUUID=4488\nBLOCK_SIZE=1024\nTYPE=ext4\nUSAGE=filesystem\n";
         assert_eq!(classify_blkid(ext), Some(Probe::Filesystem("ext4".into())));
         let lvm = "DEVNAME=/dev/sdb\nTYPE=LVM2_member\nUSAGE=raid\n";
-        assert_eq!(classify_blkid(lvm), Some(Probe::Other("LVM2_member".into())));
+        assert_eq!(
+            classify_blkid(lvm),
+            Some(Probe::Other("LVM2_member".into()))
+        );
         let gpt = "DEVNAME=/dev/sdc\nPTUUID=x\nPTTYPE=gpt\n";
-        assert_eq!(classify_blkid(gpt), Some(Probe::Other("a gpt partition table".into())));
+        assert_eq!(
+            classify_blkid(gpt),
+            Some(Probe::Other("a gpt partition table".into()))
+        );
         assert_eq!(classify_blkid("DEVNAME=/dev/sdd\n"), None);
     }
 
@@ -401,13 +421,18 @@ mod tests {
         ])
         .unwrap();
         let (flags, data) = split_mount_options(&opts);
-        assert_eq!(flags, MountFlags::RDONLY | MountFlags::NOATIME | MountFlags::NODEV);
+        assert_eq!(
+            flags,
+            MountFlags::RDONLY | MountFlags::NOATIME | MountFlags::NODEV
+        );
         assert_eq!(data, ["discard", "nouuid"]);
     }
 
     #[test]
     fn read_only_remounts_keep_restricting_flags() {
-        let kept = kept_flags(StatVfsMountFlags::NOSUID | StatVfsMountFlags::RDONLY | StatVfsMountFlags::NODEV);
+        let kept = kept_flags(
+            StatVfsMountFlags::NOSUID | StatVfsMountFlags::RDONLY | StatVfsMountFlags::NODEV,
+        );
         assert_eq!(kept, MountFlags::NOSUID | MountFlags::NODEV);
     }
 

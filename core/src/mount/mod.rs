@@ -115,8 +115,18 @@ pub struct MountOptions {
 /// Options that change what kind of mount is made; a StorageClass has no
 /// business asking for them.
 const FORBIDDEN_OPTIONS: &[&str] = &[
-    "bind", "rbind", "remount", "move", "shared", "rshared", "private", "rprivate", "slave",
-    "rslave", "unbindable", "runbindable",
+    "bind",
+    "rbind",
+    "remount",
+    "move",
+    "shared",
+    "rshared",
+    "private",
+    "rprivate",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
 ];
 
 impl MountOptions {
@@ -352,7 +362,12 @@ pub trait Mounter: Send + Sync {
 
     /// Grows the filesystem of `fs_type` on `device`, mounted at
     /// `mount_point`, to fill the device.
-    fn grow_filesystem(&self, device: &Path, mount_point: &Path, fs_type: &str) -> Result<(), MountError>;
+    fn grow_filesystem(
+        &self,
+        device: &Path,
+        mount_point: &Path,
+        fs_type: &str,
+    ) -> Result<(), MountError>;
 
     /// Usage of the filesystem holding `path`.
     fn filesystem_stats(&self, path: &Path) -> Result<FsStats, MountError>;
@@ -371,7 +386,8 @@ mod tests {
 
     #[test]
     fn mount_options_split_dedupe_and_track_read_only() {
-        let mut opts = MountOptions::parse(&flags(&["noatime,nodiscard", "rw", "noatime"])).unwrap();
+        let mut opts =
+            MountOptions::parse(&flags(&["noatime,nodiscard", "rw", "noatime"])).unwrap();
         assert_eq!(opts.words(), ["noatime", "nodiscard", "rw"]);
         assert!(!opts.read_only());
         opts.make_read_only();
@@ -383,11 +399,25 @@ mod tests {
 
     #[test]
     fn mount_options_refuse_mount_kind_changes_and_odd_characters() {
-        for bad in ["bind", "rbind", "remount", "make-shared", "a b", "x\ny", "--bind", "a\\b"] {
+        for bad in [
+            "bind",
+            "rbind",
+            "remount",
+            "make-shared",
+            "a b",
+            "x\ny",
+            "--bind",
+            "a\\b",
+        ] {
             let err = MountOptions::parse(&flags(&[bad])).unwrap_err();
-            assert!(matches!(err, MountError::InvalidMountOption(_)), "{bad:?}: {err}");
+            assert!(
+                matches!(err, MountError::InvalidMountOption(_)),
+                "{bad:?}: {err}"
+            );
         }
-        assert!(MountOptions::parse(&flags(&["context=\"system_u:object_r:x\"", "sb=8193"])).is_ok());
+        assert!(
+            MountOptions::parse(&flags(&["context=\"system_u:object_r:x\"", "sb=8193"])).is_ok()
+        );
     }
 
     #[test]

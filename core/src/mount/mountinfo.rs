@@ -153,7 +153,13 @@ mod tests {
 
         let proc = &table[0];
         assert_eq!((proc.mount_id, proc.parent_id), (22, 1));
-        assert_eq!(proc.device, DeviceNumber { major: 0, minor: 21 });
+        assert_eq!(
+            proc.device,
+            DeviceNumber {
+                major: 0,
+                minor: 21
+            }
+        );
         assert_eq!(proc.optional_fields, ["shared:12"]);
         assert_eq!(proc.fs_type, "proc");
         assert!(!proc.is_read_only());
@@ -166,7 +172,10 @@ mod tests {
         assert_eq!(ext.super_options, ["rw", "errors=continue"]);
 
         let xfs = &table[2];
-        assert_eq!(xfs.mount_point, Path::new("/var/lib/kubelet/pods/a b/vol\\x"));
+        assert_eq!(
+            xfs.mount_point,
+            Path::new("/var/lib/kubelet/pods/a b/vol\\x")
+        );
         assert_eq!(xfs.optional_fields, ["shared:1", "master:2"]);
         assert_eq!(xfs.device.to_string(), "7:3");
         assert!(xfs.is_read_only());
@@ -213,6 +222,9 @@ mod tests {
     fn this_process_mount_table_parses() {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let table = parse_mountinfo(&text).unwrap();
-        assert!(table.iter().any(|m| m.mount_point == Path::new("/")), "no root mount");
+        assert!(
+            table.iter().any(|m| m.mount_point == Path::new("/")),
+            "no root mount"
+        );
     }
 }

@@ -253,9 +253,15 @@ unsafe extern "C" fn create(
 /// # Safety
 ///
 /// `host` is null or a host table valid for the process; `init` is lent.
-unsafe fn create_instance(host: *const HostApi, init: BorrowedBytes) -> Result<*const c_void, Failure> {
+unsafe fn create_instance(
+    host: *const HostApi,
+    init: BorrowedBytes,
+) -> Result<*const c_void, Failure> {
     if host.is_null() {
-        return Err(Failure::with_status(Status::BadArgument, "the host table is null".into()));
+        return Err(Failure::with_status(
+            Status::BadArgument,
+            "the host table is null".into(),
+        ));
     }
     // SAFETY: non-null host tables start with their size (checked next).
     let host_size = unsafe { host.cast::<usize>().read_unaligned() };
@@ -274,7 +280,10 @@ unsafe fn create_instance(host: *const HostApi, init: BorrowedBytes) -> Result<*
     if host.version.major != ABI_MAJOR {
         return Err(Failure::with_status(
             Status::BadArgument,
-            format!("the host speaks ABI {}, this provider {ABI_MAJOR}.x", host.version),
+            format!(
+                "the host speaks ABI {}, this provider {ABI_MAJOR}.x",
+                host.version
+            ),
         ));
     }
     let Some(exported) = EXPORTED.get() else {
@@ -286,7 +295,10 @@ unsafe fn create_instance(host: *const HostApi, init: BorrowedBytes) -> Result<*
     // SAFETY: the host lends `init` for the duration of this call.
     let init_bytes = unsafe { init.as_slice() };
     let init = InitRequest::decode(init_bytes).map_err(|e| {
-        Failure::with_status(Status::BadRequest, format!("cannot decode the InitRequest: {e}"))
+        Failure::with_status(
+            Status::BadRequest,
+            format!("cannot decode the InitRequest: {e}"),
+        )
     })?;
 
     let dispatch = host_dispatch(&host);
@@ -335,7 +347,10 @@ unsafe extern "C" fn call(
     }
     let result = guard(|| {
         if instance.is_null() {
-            return Err(Failure::with_status(Status::BadArgument, "the instance is null".into()));
+            return Err(Failure::with_status(
+                Status::BadArgument,
+                "the instance is null".into(),
+            ));
         }
         // SAFETY: non-null instances come only from `create_instance`, which
         // leaks them; `Instance` is Sync, so shared use from many host
@@ -516,7 +531,10 @@ mod tests {
         // SAFETY: static strings of this build.
         assert_eq!(unsafe { t.factory_kind.as_slice() }, b"fake");
         // SAFETY: as above.
-        assert_eq!(unsafe { t.sdk_version.as_slice() }, env!("CARGO_PKG_VERSION").as_bytes());
+        assert_eq!(
+            unsafe { t.sdk_version.as_slice() },
+            env!("CARGO_PKG_VERSION").as_bytes()
+        );
     }
 
     #[test]
@@ -540,7 +558,8 @@ mod tests {
         let missing = VolumeRef {
             volume_id: "vol-none".into(),
         };
-        let (status, bytes) = raw_call(instance, Method::GetVolume as u32, &missing.encode_to_vec());
+        let (status, bytes) =
+            raw_call(instance, Method::GetVolume as u32, &missing.encode_to_vec());
         assert_eq!(status, Status::Error as u32);
         let error = decode_abi_error(&bytes);
         assert_eq!(error.kind(), ErrorKind::NotFound);
@@ -592,7 +611,8 @@ mod tests {
 
     #[test]
     fn provider_errors_at_creation_keep_their_kind() {
-        let (status, error) = create_with(host(size_of::<HostApi>()), "no_such_key = 1").unwrap_err();
+        let (status, error) =
+            create_with(host(size_of::<HostApi>()), "no_such_key = 1").unwrap_err();
         assert_eq!(status, Status::Error as u32);
         assert_eq!(error.kind(), ErrorKind::InvalidArgument);
         assert!(error.message().contains("no_such_key"), "{error}");
