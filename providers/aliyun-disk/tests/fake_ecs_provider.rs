@@ -1,0 +1,817 @@
+//! The provider through the `Provider` trait against the signature-checking
+//! fake ECS endpoint.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use omnidisk_provider_aliyun_disk::fake_ecs::verify::AcceptedKey;
+use omnidisk_provider_aliyun_disk::fake_ecs::{Delays, FakeEcs, FakeEcsConfig};
+use omnidisk_provider_aliyun_disk::{FACTORY, ZONE_KEY};
+use omnidisk_provider_api::types::*;
+use omnidisk_provider_api::{ErrorKind, Provider};
+
+const ZONE_A: &str = "cn-hangzhou-a";
+const ZONE_B: &str = "cn-hangzhou-b";
+
+fn settings(fake: &FakeEcs, extra: &str) -> String {
+    format!(
+        r#"
+region_id = "cn-hangzhou"
+endpoint = "{}"
+metadata_base_url = "{}"
+api_timeout_seconds = 5
+{extra}
+[credentials]
+source = "access_key"
+access_key_id = "fake-key-id"
+access_key_secret = "fake-key-secret"
+[waits]
+create_seconds = 10
+attach_seconds = 10
+detach_seconds = 10
+modify_seconds = 10
+poll_interval_ms = 20
+batch_window_ms = 10
+"#,
+        fake.endpoint(),
+        fake.metadata_base_url()
+    )
+}
+
+async fn provider_with(_fake: &FakeEcs, toml: String, mode: &str) -> Arc<dyn Provider> {
+    (FACTORY.create)(InitRequest {
+        instance: "ali-test".into(),
+        settings_toml: toml,
+        node_name: "node-1".into(),
+        mode: mode.into(),
+    })
+    .await
+    .unwrap()
+}
+
+async fn start() -> (FakeEcs, Arc<dyn Provider>) {
+    let fake = FakeEcs::start(FakeEcsConfig::standard()).await.unwrap();
+    let p = provider_with(&fake, settings(&fake, ""), "all").await;
+    (fake, p)
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn create_req(name: &str, gib: i64, zone: &str, pairs: &[(&str, &str)]) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        required_bytes: gib * GIB,
+        parameters: params(pairs),
+        requisite: vec![Topology::from_pairs([(ZONE_KEY, zone)])],
+        ..CreateVolumeRequest::default()
+    }
+}
+
+fn attach(volume: &str, node: &str) -> AttachRequest {
+    AttachRequest {
+        volume_id: volume.into(),
+        node_id: node.into(),
+        ..AttachRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn controller_life_cycle() {
+    let (fake, p) = start().await;
+    assert!(p.info().attach_required);
+    let vol = p
+        .create_volume(create_req(
+            "pvc-life",
+            20,
+            ZONE_A,
+            &[("category", "cloud_essd"), ("diskTags", "team:storage")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, 20 * GIB);
+    assert_eq!(vol.accessible_topology[0].segments[ZONE_KEY], ZONE_A);
+    let disk = fake.disk(&vol.id).unwrap();
+    assert_eq!(disk.status, "Available");
+    assert_eq!(disk.category, "cloud_essd");
+    assert_eq!(disk.tags["team"], "storage");
+    assert_eq!(disk.tags["omnidisk.csi.dev/volume-name"], "pvc-life");
+
+    let ctx = p
+        .attach_volume(attach(&vol.id, "i-fake0001"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.publish_context["serial"],
+        vol.id.trim_start_matches("d-")
+    );
+    assert_eq!(fake.disk(&vol.id).unwrap().status, "In_use");
+    // Idempotent, and exclusive.
+    assert_eq!(
+        p.attach_volume(attach(&vol.id, "i-fake0001"))
+            .await
+            .unwrap(),
+        ctx
+    );
+    let err = p
+        .attach_volume(attach(&vol.id, "i-fake0002"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::FailedPrecondition,
+        "{}",
+        err.full_message()
+    );
+    let other = p
+        .create_volume(create_req("pvc-other", 20, ZONE_A, &[]))
+        .await
+        .unwrap();
+    let err = p
+        .attach_volume(attach(&other.id, "i-nosuch"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{}", err.full_message());
+    p.delete_volume(VolumeRef {
+        volume_id: other.id.clone(),
+    })
+    .await
+    .unwrap();
+    let err = p
+        .delete_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+
+    let status = p
+        .get_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.published_nodes, vec!["i-fake0001".to_owned()]);
+    let listed = p.list_volumes(ListRequest::default()).await.unwrap();
+    assert_eq!(listed.entries.len(), 1);
+    assert_eq!(
+        listed.entries[0].published_nodes,
+        vec!["i-fake0001".to_owned()]
+    );
+
+    // Online resize while attached.
+    let grown = p
+        .expand_volume(ExpandVolumeRequest {
+            volume_id: vol.id.clone(),
+            required_bytes: 40 * GIB - 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(grown.capacity_bytes, 40 * GIB);
+    assert!(grown.node_expansion_required);
+    assert_eq!(fake.disk(&vol.id).unwrap().size_gib, 40);
+    let err = p
+        .expand_volume(ExpandVolumeRequest {
+            volume_id: vol.id.clone(),
+            required_bytes: 70_000 * GIB,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange);
+
+    // Modify: PL2 needs 461 GiB, PL0 fits.
+    let err = p
+        .modify_volume(ModifyVolumeRequest {
+            volume_id: vol.id.clone(),
+            mutable_parameters: params(&[("performanceLevel", "PL2")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange, "{}", err.full_message());
+    p.modify_volume(ModifyVolumeRequest {
+        volume_id: vol.id.clone(),
+        mutable_parameters: params(&[("performanceLevel", "PL0")]),
+    })
+    .await
+    .unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().performance_level, "PL0");
+    let err = p
+        .modify_volume(ModifyVolumeRequest {
+            volume_id: vol.id.clone(),
+            mutable_parameters: params(&[("size", "1")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+
+    p.detach_volume(DetachRequest {
+        volume_id: vol.id.clone(),
+        node_id: "i-fake0001".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().status, "Available");
+    p.detach_volume(DetachRequest {
+        volume_id: vol.id.clone(),
+        node_id: "i-fake0001".into(),
+    })
+    .await
+    .unwrap();
+    p.delete_volume(VolumeRef {
+        volume_id: vol.id.clone(),
+    })
+    .await
+    .unwrap();
+    p.delete_volume(VolumeRef {
+        volume_id: vol.id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(fake.disks().is_empty());
+    let err = p
+        .get_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(fake.errors().get("InvalidOperation.Conflict"), None);
+}
+
+#[tokio::test]
+async fn category_fallback_skips_what_the_zone_does_not_sell() {
+    let (fake, p) = start().await;
+    let vol = p
+        .create_volume(create_req(
+            "pvc-fallback",
+            30,
+            ZONE_B,
+            &[("category", "cloud_essd,cloud_ssd,cloud_efficiency")],
+        ))
+        .await
+        .unwrap();
+    let disk = fake.disk(&vol.id).unwrap();
+    assert_eq!(disk.category, "cloud_ssd");
+    assert_eq!(disk.zone, ZONE_B);
+    assert_eq!(
+        fake.errors().get("InvalidDataDiskCategory.NotSupported"),
+        Some(&1)
+    );
+    // Nothing on sale at all: ResourceExhausted, nothing left behind.
+    let err = p
+        .create_volume(create_req(
+            "pvc-none",
+            30,
+            ZONE_B,
+            &[("category", "cloud_essd,cloud_auto")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::ResourceExhausted,
+        "{}",
+        err.full_message()
+    );
+    assert_eq!(fake.disks().len(), 1);
+}
+
+#[tokio::test]
+async fn size_limits_are_enforced_per_category() {
+    let (fake, p) = start().await;
+    let err = p
+        .create_volume(create_req(
+            "pvc-huge",
+            3000,
+            ZONE_A,
+            &[("category", "cloud")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange, "{}", err.full_message());
+    // Too big for `cloud`, so the next category is used without asking ECS.
+    let vol = p
+        .create_volume(create_req(
+            "pvc-big",
+            3000,
+            ZONE_A,
+            &[("category", "cloud,cloud_ssd")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().category, "cloud_ssd");
+    // A small request is rounded up to the category minimum when the limit allows...
+    let vol = p
+        .create_volume(create_req(
+            "pvc-small",
+            1,
+            ZONE_A,
+            &[("category", "cloud_ssd")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, 20 * GIB);
+    // ...and refused when it does not.
+    let mut req = create_req("pvc-capped", 1, ZONE_A, &[("category", "cloud_ssd")]);
+    req.limit_bytes = 10 * GIB;
+    let err = p.create_volume(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange);
+    assert_eq!(fake.disks().len(), 2);
+    assert_eq!(fake.calls().get("CreateDisk"), Some(&2));
+}
+
+#[tokio::test]
+async fn creation_is_idempotent_by_name() {
+    let (fake, p) = start().await;
+    let req = create_req("pvc-idem", 20, ZONE_A, &[("category", "cloud_essd")]);
+    let a = p.create_volume(req.clone()).await.unwrap();
+    let b = p.create_volume(req.clone()).await.unwrap();
+    assert_eq!(a.id, b.id);
+    assert_eq!(fake.disks().len(), 1);
+    let err = p
+        .create_volume(create_req(
+            "pvc-idem",
+            50,
+            ZONE_A,
+            &[("category", "cloud_essd")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    // After deletion the old ClientToken points at a dead disk; a new
+    // create with the same name must still yield exactly one live disk.
+    p.delete_volume(VolumeRef {
+        volume_id: a.id.clone(),
+    })
+    .await
+    .unwrap();
+    let c = p.create_volume(req.clone()).await.unwrap();
+    assert_ne!(c.id, a.id);
+    assert_eq!(fake.disks().len(), 1);
+    // Same name, other parameters after deletion: IdempotentParameterMismatch
+    // from ECS, handled with a fresh token and no leaked disk.
+    p.delete_volume(VolumeRef {
+        volume_id: c.id.clone(),
+    })
+    .await
+    .unwrap();
+    let d = p
+        .create_volume(create_req(
+            "pvc-idem",
+            25,
+            ZONE_A,
+            &[("category", "cloud_essd")],
+        ))
+        .await
+        .unwrap();
+    // Both earlier tokens (generation 0 and the burned-token generation 1)
+    // were bound to 20 GiB, so both answer with a mismatch.
+    assert_eq!(fake.errors().get("IdempotentParameterMismatch"), Some(&2));
+    assert_eq!(fake.disks().len(), 1);
+    assert_eq!(fake.disk(&d.id).unwrap().size_gib, 25);
+}
+
+#[tokio::test]
+async fn concurrent_attaches_to_one_instance_do_not_conflict() {
+    let (fake, p) = start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            p.create_volume(create_req(&format!("pvc-c{i}"), 20, ZONE_A, &[]))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let p = Arc::clone(&p);
+            let id = id.clone();
+            tokio::spawn(async move { p.attach_volume(attach(&id, "i-fake0001")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(
+        ids.iter()
+            .all(|id| fake.disk(id).unwrap().status == "In_use")
+    );
+    assert_eq!(fake.errors().get("InvalidOperation.Conflict"), None);
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let p = Arc::clone(&p);
+            let id = id.clone();
+            tokio::spawn(async move {
+                p.detach_volume(DetachRequest {
+                    volume_id: id,
+                    node_id: String::new(),
+                })
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(
+        ids.iter()
+            .all(|id| fake.disk(id).unwrap().status == "Available")
+    );
+    assert_eq!(fake.errors().get("InvalidOperation.Conflict"), None);
+}
+
+#[tokio::test]
+async fn an_outside_conflict_is_waited_out() {
+    let (fake, p) = start().await;
+    let id = p
+        .create_volume(create_req("pvc-conf", 20, ZONE_A, &[]))
+        .await
+        .unwrap()
+        .id;
+    fake.fail_next("AttachDisk", 403, "InvalidOperation.Conflict");
+    p.attach_volume(attach(&id, "i-fake0002")).await.unwrap();
+    assert_eq!(fake.errors().get("InvalidOperation.Conflict"), Some(&1));
+    assert_eq!(fake.calls().get("AttachDisk"), Some(&2));
+}
+
+#[tokio::test]
+async fn attaching_across_zones_is_refused() {
+    let (_fake, p) = start().await;
+    let id = p
+        .create_volume(create_req("pvc-zone", 20, ZONE_A, &[]))
+        .await
+        .unwrap()
+        .id;
+    let err = p
+        .attach_volume(attach(&id, "i-fake0004"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(
+        err.full_message().contains("ResourcesNotInSameZone"),
+        "{}",
+        err.full_message()
+    );
+}
+
+#[tokio::test]
+async fn snapshots_progress_then_restore() {
+    let (fake, p) = start().await;
+    fake.set_delays(Delays {
+        snapshot: Duration::from_millis(400),
+        ..Delays::default()
+    });
+    let vol = p
+        .create_volume(create_req("pvc-src", 30, ZONE_A, &[]))
+        .await
+        .unwrap();
+    let req = CreateSnapshotRequest {
+        name: "snap-1".into(),
+        source_volume_id: vol.id.clone(),
+        parameters: params(&[("snapshotTags/app", "db")]),
+    };
+    let snap = p.create_snapshot(req.clone()).await.unwrap();
+    assert!(!snap.ready_to_use);
+    assert_eq!(snap.size_bytes, 30 * GIB);
+    assert!(snap.creation_time_seconds > 1_600_000_000);
+    let again = p.create_snapshot(req.clone()).await.unwrap();
+    assert_eq!(again.id, snap.id);
+    assert_eq!(fake.snapshot_count(), 1);
+    let err = p
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: "d-other".into(),
+            ..req.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    // Restoring from an unfinished snapshot is refused with a retryable kind.
+    let mut restore = create_req("pvc-restore", 10, ZONE_A, &[]);
+    restore.source = Some(create_volume_request::Source::SourceSnapshotId(
+        snap.id.clone(),
+    ));
+    assert_eq!(
+        p.create_volume(restore.clone()).await.unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        p.get_snapshot(SnapshotRef {
+            snapshot_id: snap.id.clone()
+        })
+        .await
+        .unwrap()
+        .ready_to_use
+    );
+    let listed = p
+        .list_snapshots(ListSnapshotsRequest {
+            source_volume_id: vol.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.entries.len(), 1);
+    let restored = p.create_volume(restore).await.unwrap();
+    assert_eq!(
+        restored.capacity_bytes,
+        30 * GIB,
+        "grown to the snapshot's size"
+    );
+    assert_eq!(
+        restored.source,
+        Some(volume::Source::SourceSnapshotId(snap.id.clone()))
+    );
+    p.delete_snapshot(SnapshotRef {
+        snapshot_id: snap.id.clone(),
+    })
+    .await
+    .unwrap();
+    p.delete_snapshot(SnapshotRef {
+        snapshot_id: snap.id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(fake.snapshot_count(), 0);
+    let err = p
+        .get_snapshot(SnapshotRef {
+            snapshot_id: snap.id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn a_wait_that_runs_out_is_deadline_exceeded_and_resumable() {
+    let fake = FakeEcs::start(FakeEcsConfig::standard()).await.unwrap();
+    let toml = settings(&fake, "").replace("create_seconds = 10", "create_seconds = 1");
+    let p = provider_with(&fake, toml, "controller").await;
+    fake.set_delays(Delays {
+        create: Duration::from_millis(2500),
+        ..Delays::default()
+    });
+    let req = create_req("pvc-slow", 20, ZONE_A, &[]);
+    let err = p.create_volume(req.clone()).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::DeadlineExceeded,
+        "{}",
+        err.full_message()
+    );
+    assert_eq!(
+        fake.disks().len(),
+        1,
+        "the disk is kept for the repeat, not leaked"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let vol = p.create_volume(req).await.unwrap();
+    assert_eq!(fake.disks().len(), 1);
+    assert_eq!(fake.disk(&vol.id).unwrap().status, "Available");
+}
+
+#[tokio::test]
+async fn throttling_is_absorbed() {
+    let (fake, p) = start().await;
+    fake.throttle_next(3, 30);
+    let vol = p
+        .create_volume(create_req("pvc-throttle", 20, ZONE_A, &[]))
+        .await
+        .unwrap();
+    assert_eq!(fake.errors().get("Throttling.User"), Some(&3));
+    assert!(fake.disk(&vol.id).is_some());
+    // A write without a ClientToken is repeated after throttling too: the
+    // service refused it before acting.
+    fake.throttle_next(2, 30);
+    p.attach_volume(attach(&vol.id, "i-fake0003"))
+        .await
+        .unwrap();
+    assert_eq!(fake.errors().get("Throttling.User"), Some(&5));
+}
+
+#[tokio::test]
+async fn authentication_failures_are_classified() {
+    let fake = FakeEcs::start(FakeEcsConfig::standard()).await.unwrap();
+    let bad = settings(&fake, "").replace("fake-key-secret", "wrong-secret");
+    let p = provider_with(&fake, bad, "controller").await;
+    let err = p
+        .create_volume(create_req("pvc-auth", 20, ZONE_A, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(
+        err.full_message().contains("SignatureDoesNotMatch"),
+        "{}",
+        err.full_message()
+    );
+
+    let p = provider_with(&fake, settings(&fake, ""), "controller").await;
+    fake.set_clock_offset(20 * 60);
+    let err = p
+        .create_volume(create_req("pvc-auth", 20, ZONE_A, &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.full_message().contains("InvalidTimeStamp.Expired"),
+        "{}",
+        err.full_message()
+    );
+    fake.set_clock_offset(10 * 60);
+    p.create_volume(create_req("pvc-auth", 20, ZONE_A, &[]))
+        .await
+        .unwrap();
+    assert!(!fake.errors().contains_key("SignatureNonceUsed"));
+}
+
+#[tokio::test]
+async fn rpc_signatures_and_sts_tokens_work_too() {
+    let fake = FakeEcs::start(FakeEcsConfig::standard()).await.unwrap();
+    fake.add_key(
+        "STS.temp",
+        AcceptedKey {
+            secret: "temp-secret".into(),
+            security_token: Some("tok-123".into()),
+        },
+    );
+    let toml = settings(&fake, "signature_version = \"rpc\"").replace(
+        "source = \"access_key\"\naccess_key_id = \"fake-key-id\"\naccess_key_secret = \"fake-key-secret\"",
+        "source = \"sts\"\naccess_key_id = \"STS.temp\"\naccess_key_secret = \"temp-secret\"\nsecurity_token = \"tok-123\"\nexpiration = \"2200-01-01T00:00:00Z\"",
+    );
+    let p = provider_with(&fake, toml, "controller").await;
+    let vol = p
+        .create_volume(create_req(
+            "pvc-rpc",
+            20,
+            ZONE_A,
+            &[("diskTags", "名前:値")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().tags["名前"], "値");
+    assert!(!fake.calls().contains_key("(auth)"));
+}
+
+#[tokio::test]
+async fn ram_role_credentials_come_from_metadata() {
+    let mut config = FakeEcsConfig::standard();
+    config.keys.insert(
+        "STS.role".into(),
+        AcceptedKey {
+            secret: "role-secret".into(),
+            security_token: Some("role-token".into()),
+        },
+    );
+    config.metadata.ram_role = Some(("csi-role".into(), "STS.role".into()));
+    let fake = FakeEcs::start(config).await.unwrap();
+    let toml = settings(&fake, "").replace(
+        "source = \"access_key\"\naccess_key_id = \"fake-key-id\"\naccess_key_secret = \"fake-key-secret\"",
+        "source = \"ram_role\"",
+    );
+    let p = provider_with(&fake, toml, "controller").await;
+    p.create_volume(create_req("pvc-role", 20, ZONE_A, &[]))
+        .await
+        .unwrap();
+    assert!(!fake.calls().contains_key("(auth)"));
+}
+
+#[tokio::test]
+async fn node_identity_comes_from_metadata() {
+    let fake = FakeEcs::start(FakeEcsConfig::standard()).await.unwrap();
+    let toml = settings(&fake, "").replace("region_id = \"cn-hangzhou\"", "");
+    let p = provider_with(&fake, toml, "node").await;
+    let info = p.node_info().await.unwrap();
+    assert_eq!(info.node_id, "i-fake0001");
+    assert_eq!(info.topology.unwrap().segments[ZONE_KEY], ZONE_A);
+    assert_eq!(info.max_volumes, 16);
+    let toml = settings(
+        &fake,
+        "[node]\ninstance_id = \"i-override\"\nzone_id = \"z-9\"\nmax_volumes_per_node = 7\n",
+    );
+    let p = provider_with(&fake, toml, "node").await;
+    let info = p.node_info().await.unwrap();
+    assert_eq!((info.node_id.as_str(), info.max_volumes), ("i-override", 7));
+}
+
+#[tokio::test]
+async fn list_volumes_pages_without_gaps_or_repeats() {
+    let (_fake, p) = start().await;
+    let mut want = Vec::new();
+    for i in 0..12 {
+        want.push(
+            p.create_volume(create_req(&format!("pvc-l{i:02}"), 20, ZONE_A, &[]))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = p
+            .list_volumes(ListRequest {
+                max_entries: 5,
+                starting_token: token,
+            })
+            .await
+            .unwrap();
+        assert!(page.entries.len() <= 5);
+        seen.extend(page.entries.into_iter().map(|e| e.volume.unwrap().id));
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want);
+    let err = p
+        .list_volumes(ListRequest {
+            max_entries: 5,
+            starting_token: "garbage".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Aborted);
+}
+
+#[tokio::test]
+async fn describe_calls_are_batched_across_waiters() {
+    let (fake, p) = start().await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                p.create_volume(create_req(&format!("pvc-b{i}"), 20, ZONE_A, &[]))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let calls = fake.calls();
+    let describes = calls.get("DescribeDisks").copied().unwrap_or(0);
+    // Each create also looks its name up once (a tag query, unbatchable);
+    // the waits themselves must share calls.
+    assert!(
+        describes < 30 * 2,
+        "{describes} DescribeDisks calls for 30 creates: {calls:?}"
+    );
+}
+
+/// The budget from issue 5: 100 disks created and attached concurrently
+/// across 10 instances, counting API calls by action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_100_disks_across_10_instances() {
+    let mut config = FakeEcsConfig::standard();
+    config.instances = (1..=10)
+        .map(|i| (format!("i-budget{i:02}"), ZONE_A.to_owned()))
+        .collect();
+    config.delays = Delays {
+        create: Duration::from_millis(300),
+        attach: Duration::from_millis(200),
+        ..Delays::default()
+    };
+    let fake = FakeEcs::start(config).await.unwrap();
+    let toml = settings(&fake, "")
+        .replace("poll_interval_ms = 20", "poll_interval_ms = 100")
+        .replace("batch_window_ms = 10", "batch_window_ms = 50");
+    let p = provider_with(&fake, toml, "controller").await;
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                let vol = p
+                    .create_volume(create_req(&format!("pvc-budget-{i:03}"), 20, ZONE_A, &[]))
+                    .await?;
+                p.attach_volume(attach(&vol.id, &format!("i-budget{:02}", i % 10 + 1)))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let calls = fake.calls();
+    eprintln!("budget: API calls by action for 100 disks / 10 instances: {calls:?}");
+    assert_eq!(calls.get("CreateDisk"), Some(&100));
+    assert_eq!(calls.get("AttachDisk"), Some(&100));
+    let describes = calls.get("DescribeDisks").copied().unwrap_or(0);
+    assert!(
+        describes as f64 / 100.0 <= 1.5,
+        "{describes} DescribeDisks calls for 100 disks"
+    );
+    assert_eq!(fake.errors().get("InvalidOperation.Conflict"), None);
+    assert!(fake.disks().iter().all(|d| d.status == "In_use"));
+}
