@@ -33,6 +33,10 @@ pub const NAME_TAG_PREFIX: &str = "omnidisk.csi.dev/name=";
 pub const SOURCE_TAG_PREFIX: &str = "omnidisk.csi.dev/source=";
 /// Marks a volume whose creation is not finished.
 pub const PENDING_TAG: &str = "omnidisk.csi.dev/pending";
+/// Prefix of the tag naming the provider instance that owns an LV, so
+/// several instances can share one volume group without seeing each
+/// other's volumes.
+pub const INSTANCE_TAG_PREFIX: &str = "omnidisk.csi.dev/instance=";
 
 /// Longest CSI name accepted: its tag must stay under lvm's 1024.
 pub const MAX_CSI_NAME_LEN: usize = 512;
@@ -127,12 +131,14 @@ pub fn kind_of_id(id: &str) -> Option<ObjectKind> {
 
 /// The tags a new LV gets: marker, name, and optionally source and pending.
 pub fn tags_for(
+    instance: &str,
     csi_name: &str,
     source: Option<&LvName>,
     pending: bool,
 ) -> Result<Vec<Tag>, CsiNameError> {
     let mut tags = vec![
         Tag::new(MANAGED_TAG).map_err(CsiNameError::Derive)?,
+        instance_tag(instance)?,
         name_tag(csi_name)?,
     ];
     if let Some(source) = source {
@@ -142,6 +148,17 @@ pub fn tags_for(
         tags.push(pending_tag()?);
     }
     Ok(tags)
+}
+
+/// The tag naming the owning instance (instance names are DNS labels,
+/// which LVM accepts in tags as they are).
+pub fn instance_tag(instance: &str) -> Result<Tag, CsiNameError> {
+    Tag::new(&format!("{INSTANCE_TAG_PREFIX}{instance}")).map_err(CsiNameError::Derive)
+}
+
+/// True when `lv` is managed by omnidisk on behalf of another instance.
+pub fn belongs_to_other_instance(lv: &LogicalVolume, instance: &str) -> bool {
+    lv.has_tag(MANAGED_TAG) && lv.tag_value(INSTANCE_TAG_PREFIX) != Some(instance)
 }
 
 /// The tag recording `csi_name`.
@@ -260,7 +277,7 @@ mod tests {
     #[test]
     fn tags_round_trip_any_csi_name() {
         let name = "weird name/with,commas=and ünïcode";
-        let tags = tags_for(name, Some(&LvName::new("ods-x").unwrap()), true).unwrap();
+        let tags = tags_for("lvm", name, Some(&LvName::new("ods-x").unwrap()), true).unwrap();
         let lv = crate::lvm::report::parse_lvs(
             serde_json::json!({"report":[{"lv":[{
                 "lv_name":"odvh-x","vg_name":"vg","lv_size":"4194304","lv_attr":"-wi-a-----",

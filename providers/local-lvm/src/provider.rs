@@ -170,13 +170,16 @@ impl LvmProvider {
             .is_none_or(|node| *node == self.node_name)
     }
 
+    /// Every LV of the VG except those other instances sharing the VG own.
     async fn list_all(&self) -> Result<Vec<LogicalVolume>> {
-        self.lvm.list().await.map_err(|e| {
+        let mut lvs = self.lvm.list().await.map_err(|e| {
             lvm_error(
                 format!("listing logical volumes of volume group {}", self.lvm.vg()),
                 e,
             )
-        })
+        })?;
+        lvs.retain(|lv| !names::belongs_to_other_instance(lv, &self.instance));
+        Ok(lvs)
     }
 
     /// Our LV `name` of `kind`, with its ownership.
@@ -243,6 +246,11 @@ impl LvmProvider {
 
     /// Bytes that new (or grown) volumes may still take.
     async fn headroom(&self, lvs: &[LogicalVolume]) -> Result<u64> {
+        Ok(self.space(lvs).await?.0)
+    }
+
+    /// (bytes a new volume may take, total size of the VG or thin pool).
+    async fn space(&self, lvs: &[LogicalVolume]) -> Result<(u64, u64)> {
         let spare = self.settings.spare_bytes;
         match &self.settings.thin {
             None => {
@@ -250,7 +258,7 @@ impl LvmProvider {
                     self.lvm.group().await.map_err(|e| {
                         lvm_error(format!("reading volume group {}", self.lvm.vg()), e)
                     })?;
-                Ok(vg.free.saturating_sub(spare))
+                Ok((vg.free.saturating_sub(spare), vg.size))
             }
             Some((pool_name, ratio)) => {
                 let pool = lvs
@@ -262,7 +270,7 @@ impl LvmProvider {
                             self.lvm.vg()
                         ))
                     })?;
-                Ok(thin_headroom(lvs, pool, *ratio, spare))
+                Ok((thin_headroom(lvs, pool, *ratio, spare), pool.size))
             }
         }
     }
@@ -604,7 +612,7 @@ impl Provider for LvmProvider {
             ),
             Some(_) => (plain_allocation, true),
         };
-        let tags = names::tags_for(&req.name, source.as_ref(), pending).map_err(csi_name_error)?;
+        let tags = names::tags_for(&self.instance, &req.name, source.as_ref(), pending).map_err(csi_name_error)?;
         tracing::info!(volume = %name, csi_name = %req.name, size, ?allocation, "creating volume");
         self.lvm
             .create(&name, &allocation, &tags)
@@ -781,7 +789,7 @@ impl Provider for LvmProvider {
                 bytes,
             }
         };
-        let tags = names::tags_for(&req.name, Some(&source), false).map_err(csi_name_error)?;
+        let tags = names::tags_for(&self.instance, &req.name, Some(&source), false).map_err(csi_name_error)?;
         tracing::info!(snapshot = %name, source = %source, ?allocation, "creating snapshot");
         self.lvm
             .create(&name, &allocation, &tags)
@@ -847,11 +855,13 @@ impl Provider for LvmProvider {
             }
         }
         let lvs = self.list_all().await?;
-        let available = to_i64(self.headroom(&lvs).await?);
+        let (available, total) = self.space(&lvs).await?;
+        let available = to_i64(available);
         Ok(CapacityResponse {
             available_bytes: available,
             maximum_volume_size: available,
             minimum_volume_size: 0,
+            total_bytes: to_i64(total),
         })
     }
 
