@@ -183,6 +183,35 @@ expect_gt "$after" "$before" "xfs size in KiB after expansion"
 expect_eq "$(cat "$(target_of pvc-thick)/file")" "thick data" "data after expansion"
 pass "df $before KiB -> $after KiB"
 
+step thick-snapshot-restore-clone
+# Thick volumes: a classic copy-on-write snapshot; restore and clone copy blocks.
+t2=$(csi create pvc-thick2 --size 64M --type lvm-thick --node vm --fs-type ext4)
+stage_and_publish "$t2" pvc-thick2 ext4
+echo "thick before the snapshot" >"$(target_of pvc-thick2)/file"
+sync
+tsnap=$(csi snapshot create snap-thick --volume "$t2")
+expect_match "$tsnap" 'v1.lvm-thick.*' "thick snapshot id"
+echo "thick after the snapshot" >"$(target_of pvc-thick2)/file"
+sync
+# A thick origin with a snapshot cannot grow (lvm refuses while it is active).
+expect_fails "expanding a thick volume that has a snapshot" csi expand "$t2" --size 128M
+trestored=$(csi create pvc-thick-restored --size 64M --type lvm-thick --node vm --fs-type ext4 --from-snapshot "$tsnap")
+stage_and_publish "$trestored" pvc-thick-restored ext4
+expect_eq "$(cat "$(target_of pvc-thick-restored)/file")" "thick before the snapshot" "file in the restored thick volume"
+tclone=$(csi create pvc-thick-clone --size 64M --type lvm-thick --node vm --fs-type ext4 --from-volume "$t2")
+stage_and_publish "$tclone" pvc-thick-clone ext4
+expect_eq "$(cat "$(target_of pvc-thick-clone)/file")" "thick after the snapshot" "file in the thick clone"
+for pair in "$tclone pvc-thick-clone" "$trestored pvc-thick-restored" "$t2 pvc-thick2"; do
+	# shellcheck disable=SC2086 # split "id name" on purpose
+	set -- $pair
+	unpublish_and_unstage "$1" "$2"
+done
+csi delete "$tclone"
+csi delete "$trestored"
+csi snapshot delete "$tsnap"
+csi delete "$t2"
+pass "$tsnap -> $trestored, clone $tclone"
+
 step stats
 stats=$(csi stats "$thin" --path "$(target_of pvc-thin)")
 echo "$stats"

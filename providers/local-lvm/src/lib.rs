@@ -36,3 +36,7 @@ pub const FACTORY: ProviderFactory = ProviderFactory {
         })
     },
 };
+
+// The cdylib's exports; the rlib linked into the driver carries none.
+#[cfg(feature = "dylib")]
+omnidisk_provider_api::export_provider!(FACTORY);

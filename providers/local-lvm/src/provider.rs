@@ -152,7 +152,8 @@ impl LvmProvider {
             settings.raw.lvm_path.clone(),
             settings.raw.lvm_config.clone(),
             settings.command_timeout,
-        );
+        )
+        .for_instance(&init.instance);
         Ok(Self::new(init, settings, Arc::new(runner)))
     }
 
@@ -339,11 +340,15 @@ impl LvmProvider {
         let source_name = LvName::new(&source.name)
             .map_err(|e| ProviderError::internal("unexpected LV name").with_source(e))?;
         let mut paths = Vec::new();
-        for name in [&source_name, target] {
-            self.lvm
-                .activate(name)
-                .await
-                .map_err(|e| lvm_error(format!("activating {name} for copying"), e))?;
+        for (name, active) in [(&source_name, source.attr.is_active()), (target, false)] {
+            // A classic snapshot is active whenever its origin is; asking
+            // lvm to activate it again would prompt about the origin.
+            if !active {
+                self.lvm
+                    .activate(name)
+                    .await
+                    .map_err(|e| lvm_error(format!("activating {name} for copying"), e))?;
+            }
             let path = device::device_path(&self.settings.raw.device_root, self.lvm.vg(), name);
             device::wait_for(&path, self.settings.device_wait)
                 .await

@@ -1021,6 +1021,7 @@ async fn find_device_activates_and_waits() {
         fake.calls_of("lvchange").pop().unwrap(),
         [
             "lvchange",
+            "--yes",
             "--activate",
             "y",
             "--ignoreactivationskip",

@@ -182,7 +182,9 @@ impl Lvm {
     /// Activates `name`, also when it is flagged to skip activation (thin
     /// snapshots are, by default).
     pub async fn activate(&self, name: &LvName) -> Result<(), LvmError> {
+        // --yes: activating a classic snapshot activates its origin too.
         let args = [
+            s("--yes"),
             s("--activate"),
             s("y"),
             s("--ignoreactivationskip"),

@@ -25,6 +25,7 @@ pub trait LvmRunner: Send + Sync + fmt::Debug {
 /// Runs lvm as a child process.
 #[derive(Debug, Clone)]
 pub struct CommandRunner {
+    instance: String,
     prefix: Vec<String>,
     lvm_path: String,
     config: Option<String>,
@@ -42,6 +43,7 @@ impl CommandRunner {
         timeout: Duration,
     ) -> Self {
         Self {
+            instance: String::new(),
             prefix,
             lvm_path,
             config,
@@ -66,6 +68,28 @@ impl CommandRunner {
 #[async_trait]
 impl LvmRunner for CommandRunner {
     async fn run(&self, subcommand: &str, args: &[String]) -> Result<Vec<u8>, LvmError> {
+        let started = std::time::Instant::now();
+        let result = self.run_unobserved(subcommand, args).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        omnidisk_provider_api::observe::api_call(
+            &self.instance,
+            subcommand,
+            outcome,
+            started.elapsed(),
+        );
+        result
+    }
+}
+
+impl CommandRunner {
+    /// Names the instance in the backend call reports (metrics).
+    #[must_use]
+    pub fn for_instance(mut self, instance: &str) -> Self {
+        self.instance = instance.to_owned();
+        self
+    }
+
+    async fn run_unobserved(&self, subcommand: &str, args: &[String]) -> Result<Vec<u8>, LvmError> {
         let argv = self.argv(subcommand, args);
         let (program, rest) = argv.split_first().ok_or_else(|| LvmError::Spawn {
             program: String::new(),

@@ -511,7 +511,7 @@ impl State {
                     let lv = self.lvs.get_mut(&name).expect("checked");
                     lv.attr[4] = if on { 'a' } else { '-' };
                 }
-                "--ignoreactivationskip" => {}
+                "--ignoreactivationskip" | "--yes" => {}
                 "--addtag" => {
                     let tag = it.next().cloned().unwrap_or_default();
                     let lv = self.lvs.get_mut(&name).expect("checked");
