@@ -1,6 +1,6 @@
 //! NodePublishVolume + NodeUnpublishVolume of a staged ext4 volume on a
-//! loop device, with real bind mounts: what a pod start and stop cost the
-//! node plugin. Needs root.
+//! loop device, with real bind mounts, as gRPC round trips over the CSI unix
+//! socket: what a pod start and stop cost the node plugin. Needs root.
 //!
 //! `cargo bench -p omnidisk --bench node_publish` (set
 //! `OMNIDISK_BENCH_ITERATIONS` to change the default of 300). Prints the
@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omnidisk::csi::node::NodeService;
 use omnidisk::generated::csi;
-use omnidisk::generated::csi::node_server::Node;
 use omnidisk::generated::csi::volume_capability::{AccessMode, AccessType, MountVolume};
 use omnidisk::mount::linux::LinuxMounter;
 use omnidisk::routing::Registry;
@@ -24,7 +22,6 @@ use omnidisk::{Driver, Mode, NodeSettings};
 use omnidisk_provider_api::Provider;
 use omnidisk_provider_api::testing::{FakeProvider, FakeSettings};
 use omnidisk_provider_api::types::CreateVolumeRequest;
-use tonic::Request;
 
 const WARMUP: usize = 20;
 
@@ -107,7 +104,19 @@ async fn run(iterations: usize) {
         settings,
         mounter,
     ));
-    let node = NodeService::new(driver);
+    // Through the real server on a unix socket: the round trip the kubelet sees.
+    let socket = sandbox.join("csi.sock");
+    let listener = omnidisk::server::bind_socket(&socket).expect("bind");
+    driver.set_ready();
+    tokio::spawn(omnidisk::server::serve(
+        driver,
+        listener,
+        std::future::pending(),
+    ));
+    let mut node = omnidisk::client::connect(&socket)
+        .await
+        .expect("connect")
+        .node;
 
     let capability = csi::VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume {
@@ -118,12 +127,12 @@ async fn run(iterations: usize) {
     };
     let staging = sandbox.join("staging");
     let target = sandbox.join("pod/volume");
-    node.node_stage_volume(Request::new(csi::NodeStageVolumeRequest {
+    node.node_stage_volume(csi::NodeStageVolumeRequest {
         volume_id: volume_id.clone(),
         staging_target_path: staging.display().to_string(),
         volume_capability: Some(capability.clone()),
         ..Default::default()
-    }))
+    })
     .await
     .expect("stage");
 
@@ -145,11 +154,11 @@ async fn run(iterations: usize) {
     let mut pair = Vec::with_capacity(iterations);
     for i in 0..WARMUP + iterations {
         let start = Instant::now();
-        node.node_publish_volume(Request::new(publish_req.clone()))
+        node.node_publish_volume(publish_req.clone())
             .await
             .expect("publish");
         let published = Instant::now();
-        node.node_unpublish_volume(Request::new(unpublish_req.clone()))
+        node.node_unpublish_volume(unpublish_req.clone())
             .await
             .expect("unpublish");
         let done = Instant::now();
@@ -177,10 +186,10 @@ async fn run(iterations: usize) {
         peak_rss_kib()
     );
 
-    node.node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
+    node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
         volume_id,
         staging_target_path: staging.display().to_string(),
-    }))
+    })
     .await
     .expect("unstage");
 }

@@ -12,7 +12,11 @@ use crate::Mode;
 #[command(name = "omnidisk", version, about)]
 pub struct Args {
     /// CSI endpoint: a unix socket, `unix:///path/to/csi.sock`.
-    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///run/omnidisk/csi.sock")]
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/omnidisk/csi.sock"
+    )]
     pub endpoint: String,
 
     /// Which services to serve.
@@ -43,6 +47,18 @@ pub struct Args {
     /// Address for the Prometheus endpoint (`/metrics`; health too).
     #[arg(long)]
     pub metrics_address: Option<SocketAddr>,
+
+    /// Instead of serving, run a one-off command.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Load the configuration, start every provider instance, check
+    /// credentials and reachability, print a table; exit 1 if anything failed.
+    Doctor,
 }
 
 /// How log lines are written.
@@ -88,9 +104,20 @@ mod tests {
 
     #[test]
     fn unix_endpoints_parse() {
-        assert_eq!(socket_path("unix:///run/csi.sock").unwrap(), PathBuf::from("/run/csi.sock"));
-        assert_eq!(socket_path("unix:/run/csi.sock").unwrap(), PathBuf::from("/run/csi.sock"));
-        for bad in ["tcp://1.2.3.4:5", "/run/csi.sock", "unix://", "unix://relative"] {
+        assert_eq!(
+            socket_path("unix:///run/csi.sock").unwrap(),
+            PathBuf::from("/run/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/run/csi.sock").unwrap(),
+            PathBuf::from("/run/csi.sock")
+        );
+        for bad in [
+            "tcp://1.2.3.4:5",
+            "/run/csi.sock",
+            "unix://",
+            "unix://relative",
+        ] {
             assert!(socket_path(bad).is_err(), "{bad}");
         }
     }
@@ -113,5 +140,7 @@ mod tests {
         assert_eq!(args.node_id.as_deref(), Some("n1"));
         assert_eq!(args.log_format, LogFormat::Json);
         assert!(Args::try_parse_from(["omnidisk", "--mode", "bogus"]).is_err());
+        let doctor = Args::try_parse_from(["omnidisk", "--config", "/c.toml", "doctor"]).unwrap();
+        assert!(matches!(doctor.command, Some(Command::Doctor)));
     }
 }

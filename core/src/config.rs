@@ -161,7 +161,10 @@ impl Config {
                 ));
             }
             let settings_toml = toml::to_string(&table).map_err(|e| {
-                config.key_error(&["providers", &name], &format!("cannot re-encode settings: {e}"))
+                config.key_error(
+                    &["providers", &name],
+                    &format!("cannot re-encode settings: {e}"),
+                )
             })?;
             config.instances.push(InstanceConfig {
                 name,
@@ -198,14 +201,20 @@ impl Config {
 }
 
 fn display_path(path: Option<&Path>) -> String {
-    path.map_or_else(|| "<built-in configuration>".into(), |p| p.display().to_string())
+    path.map_or_else(
+        || "<built-in configuration>".into(),
+        |p| p.display().to_string(),
+    )
 }
 
 fn take_string(table: &mut toml::Table, key: &str) -> Result<Option<String>, String> {
     match table.remove(key) {
         None => Ok(None),
         Some(toml::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-        Some(other) => Err(format!("expected a non-empty string, found {}", other.type_str())),
+        Some(other) => Err(format!(
+            "expected a non-empty string, found {}",
+            other.type_str()
+        )),
     }
 }
 
@@ -267,7 +276,9 @@ kind = "example"
     #[test]
     fn unknown_driver_keys_name_file_line_and_key() {
         let text = "[driver]\nplugin_dir = \"/x\"\nplugin_dri = \"/y\"\n";
-        let err = Config::parse(text, Some(Path::new("/etc/o.toml"))).unwrap_err().to_string();
+        let err = Config::parse(text, Some(Path::new("/etc/o.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/etc/o.toml: "), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("plugin_dri"), "{err}");
@@ -283,9 +294,12 @@ kind = "example"
 
     #[test]
     fn instances_need_a_kind_and_a_valid_name() {
-        let err = Config::parse("[providers.a]\nvolume_group = \"x\"\n", Some(Path::new("c.toml")))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[providers.a]\nvolume_group = \"x\"\n",
+            Some(Path::new("c.toml")),
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "c.toml:1: `providers.a`: missing required key `kind` (or `library` for a dylib provider)"
@@ -294,7 +308,9 @@ kind = "example"
             .unwrap_err()
             .to_string();
         assert!(err.contains("providers.Bad_Name"), "{err}");
-        let err = Config::parse("[providers.a]\nkind = 3\n", None).unwrap_err().to_string();
+        let err = Config::parse("[providers.a]\nkind = 3\n", None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":2: `providers.a.kind`"), "{err}");
     }
 
@@ -304,8 +320,13 @@ kind = "example"
         let err = c
             .instance_error("fast", "setting `volume_group`: invalid type")
             .to_string();
-        assert_eq!(err, "o.toml:10: `providers.fast.volume_group`: setting `volume_group`: invalid type");
-        let err = c.instance_error("fast", "setting `nope`: unknown field").to_string();
+        assert_eq!(
+            err,
+            "o.toml:10: `providers.fast.volume_group`: setting `volume_group`: invalid type"
+        );
+        let err = c
+            .instance_error("fast", "setting `nope`: unknown field")
+            .to_string();
         assert!(err.starts_with("o.toml:8: `providers.fast.nope`"), "{err}");
     }
 

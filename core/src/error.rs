@@ -200,7 +200,11 @@ mod tests {
         let status = Status::from(err);
         assert_eq!(status.code(), Code::Internal);
         assert!(status.message().starts_with("mounting /dev/x on /mnt: "));
-        assert!(status.message().to_lowercase().contains("busy"), "{}", status.message());
+        assert!(
+            status.message().to_lowercase().contains("busy"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

@@ -204,7 +204,9 @@ mod tests {
 
     #[test]
     fn malformed_scoped_ids_are_refused() {
-        for bad in ["", "vol-1", "v2.a.b", "v1.", "v1.a", "v1.a.", "v1.UP.x", "v1.-a.x", "v1.a.x\n"] {
+        for bad in [
+            "", "vol-1", "v2.a.b", "v1.", "v1.a", "v1.a.", "v1.UP.x", "v1.-a.x", "v1.a.x\n",
+        ] {
             assert!(ScopedId::parse(bad).is_err(), "{bad:?} parsed");
         }
         let long = format!("v1.a.{}", "x".repeat(200));
@@ -242,7 +244,10 @@ mod tests {
         // Instances that disagree need the long form.
         id.per_instance.insert("other".into(), "n-9".into());
         let text = id.to_string();
-        assert_eq!(text, "v1;node=ip-10-0-0-1;ebs=i-0123;ebs-2=i-0123;other=n-9");
+        assert_eq!(
+            text,
+            "v1;node=ip-10-0-0-1;ebs=i-0123;ebs-2=i-0123;other=n-9"
+        );
         let back = NodeId::parse(&text).unwrap();
         assert_eq!(back, id);
         assert_eq!(back.for_instance("ebs"), Some("i-0123"));
@@ -250,7 +255,15 @@ mod tests {
 
     #[test]
     fn malformed_node_ids_are_refused() {
-        for bad in ["", "a;b", "v1;", "v1;ebs=i-1", "v1;node=", "v1;node=a;BAD=x", "v1;node=a;x"] {
+        for bad in [
+            "",
+            "a;b",
+            "v1;",
+            "v1;ebs=i-1",
+            "v1;node=",
+            "v1;node=a;BAD=x",
+            "v1;node=a;x",
+        ] {
             assert!(NodeId::parse(bad).is_err(), "{bad:?} parsed");
         }
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod csi;
+pub mod doctor;
 pub mod error;
 pub mod generated;
 pub mod ids;

@@ -26,7 +26,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     result.map_err(|_| LoggingError::AlreadySet)
 }

@@ -5,19 +5,32 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use omnidisk::cli::{self, Args};
+use omnidisk::cli::{self, Args, Command};
 use omnidisk::config::Config;
 use omnidisk::mount::linux::LinuxMounter;
 use omnidisk::{Driver, logging, providers, server};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(err) = logging::init(args.log_format, &args.log_level) {
         eprintln!("omnidisk: {}", error_chain(&err));
         return ExitCode::from(2);
     }
-    match run(args).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("omnidisk: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // A provider call stuck in a dylib holds a blocking thread forever; do
+    // not let it hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -28,12 +41,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let socket = cli::socket_path(&args.endpoint).map_err(|e| error_chain(&e))?;
     let config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| error_chain(&e))?,
         None => Config::default(),
     };
     let node_name = args.node_id.clone().unwrap_or_else(cli::host_name);
+    if let Some(Command::Doctor) = args.command {
+        let checks = omnidisk::doctor::run(&config, &node_name, args.mode).await;
+        print!("{}", omnidisk::doctor::render(&checks));
+        return if checks.iter().any(|c| c.problem.is_some()) || checks.is_empty() {
+            Err("some checks failed".into())
+        } else {
+            Ok(())
+        };
+    }
     tracing::info!(
         version = omnidisk::VERSION,
         mode = args.mode.as_str(),
@@ -50,7 +71,13 @@ async fn run(args: Args) -> Result<(), String> {
         tracing::warn!("no provider instance is available; every volume call will fail");
     }
     let mounter = Arc::new(LinuxMounter::new(config.node.clone()));
-    let driver = Arc::new(Driver::new(registry, node_name, args.mode, config.node.clone(), mounter));
+    let driver = Arc::new(Driver::new(
+        registry,
+        node_name,
+        args.mode,
+        config.node.clone(),
+        mounter,
+    ));
 
     let mut http_addresses = vec![args.health_address, args.metrics_address];
     http_addresses.dedup();
@@ -66,6 +93,7 @@ async fn run(args: Args) -> Result<(), String> {
         });
     }
 
+    let socket = cli::socket_path(&args.endpoint).map_err(|e| error_chain(&e))?;
     let listener = server::bind_socket(&socket).map_err(|e| error_chain(&e))?;
     driver.set_ready();
     tracing::info!(endpoint = %args.endpoint, "serving");

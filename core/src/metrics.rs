@@ -95,15 +95,31 @@ impl Default for Metrics {
         let inflight = Gauge::default();
         let capacity_available = Family::<InstanceLabels, Gauge>::default();
         let capacity_total = Family::<InstanceLabels, Gauge>::default();
-        registry.register("csi_operations", "CSI calls by method, instance and gRPC code", operations.clone());
+        registry.register(
+            "csi_operations",
+            "CSI calls by method, instance and gRPC code",
+            operations.clone(),
+        );
         registry.register(
             "csi_operation_duration_seconds",
             "Duration of CSI calls",
             operation_seconds.clone(),
         );
-        registry.register("cloud_api_calls", "Backend API calls by instance, action and outcome", api_calls.clone());
-        registry.register("cloud_api_duration_seconds", "Duration of backend API calls", api_seconds.clone());
-        registry.register("inflight_operations", "Operations holding a volume right now", inflight.clone());
+        registry.register(
+            "cloud_api_calls",
+            "Backend API calls by instance, action and outcome",
+            api_calls.clone(),
+        );
+        registry.register(
+            "cloud_api_duration_seconds",
+            "Duration of backend API calls",
+            api_seconds.clone(),
+        );
+        registry.register(
+            "inflight_operations",
+            "Operations holding a volume right now",
+            inflight.clone(),
+        );
         registry.register(
             "capacity_available_bytes",
             "Free space of instances that report capacity",
@@ -129,10 +145,20 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one CSI call.
-    pub fn record_operation(&self, method: &str, instance: &str, code: tonic::Code, elapsed: Duration) {
+    pub fn record_operation(
+        &self,
+        method: &str,
+        instance: &str,
+        code: tonic::Code,
+        elapsed: Duration,
+    ) {
         let labels = OperationLabels {
             method: method.to_owned(),
-            instance: if instance.is_empty() { "-".into() } else { instance.to_owned() },
+            instance: if instance.is_empty() {
+                "-".into()
+            } else {
+                instance.to_owned()
+            },
             code: format!("{code:?}"),
         };
         self.operations.get_or_create(&labels).inc();
@@ -191,21 +217,44 @@ mod tests {
     #[test]
     fn operations_and_api_calls_are_exposed() {
         let m = Metrics::default();
-        m.record_operation("CreateVolume", "lvm", tonic::Code::Ok, Duration::from_millis(3));
-        m.record_operation("CreateVolume", "", tonic::Code::InvalidArgument, Duration::from_millis(1));
-        m.record_api_call("ebs", "CreateVolume", "throttled", Duration::from_millis(20));
+        m.record_operation(
+            "CreateVolume",
+            "lvm",
+            tonic::Code::Ok,
+            Duration::from_millis(3),
+        );
+        m.record_operation(
+            "CreateVolume",
+            "",
+            tonic::Code::InvalidArgument,
+            Duration::from_millis(1),
+        );
+        m.record_api_call(
+            "ebs",
+            "CreateVolume",
+            "throttled",
+            Duration::from_millis(20),
+        );
         m.inflight.set(2);
         let text = m.encode();
         assert!(
-            text.contains(r#"omnidisk_csi_operations_total{method="CreateVolume",instance="lvm",code="Ok"} 1"#),
+            text.contains(
+                r#"omnidisk_csi_operations_total{method="CreateVolume",instance="lvm",code="Ok"} 1"#
+            ),
             "{text}"
         );
-        assert!(text.contains(r#"instance="-",code="InvalidArgument""#), "{text}");
+        assert!(
+            text.contains(r#"instance="-",code="InvalidArgument""#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"omnidisk_cloud_api_calls_total{instance="ebs",action="CreateVolume",outcome="throttled"} 1"#),
             "{text}"
         );
         assert!(text.contains("omnidisk_inflight_operations 2"), "{text}");
-        assert!(text.contains("omnidisk_csi_operation_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("omnidisk_csi_operation_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 }

@@ -84,7 +84,9 @@ pub async fn serve(
         .then(|| NodeServer::new(NodeService::new(driver.clone())));
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(driver.clone())))
-        .add_service(ControllerServer::new(ControllerService::new(driver.clone())))
+        .add_service(ControllerServer::new(ControllerService::new(
+            driver.clone(),
+        )))
         .add_optional_service(node)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
@@ -125,7 +127,10 @@ pub fn http_router(driver: Arc<Driver>) -> axum::Router {
         async move {
             refresh_gauges(&driver).await;
             (
-                [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
                 crate::metrics::global().encode(),
             )
         }
@@ -149,13 +154,19 @@ async fn refresh_gauges(driver: &Driver) {
         let call = instance.provider.get_capacity(CapacityRequest::default());
         match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
             Ok(Ok(cap)) => {
-                let labels = crate::metrics::InstanceLabels { instance: instance.name.clone() };
-                m.capacity_available.get_or_create(&labels).set(cap.available_bytes);
+                let labels = crate::metrics::InstanceLabels {
+                    instance: instance.name.clone(),
+                };
+                m.capacity_available
+                    .get_or_create(&labels)
+                    .set(cap.available_bytes);
                 if cap.total_bytes > 0 {
                     m.capacity_total.get_or_create(&labels).set(cap.total_bytes);
                 }
             }
-            Ok(Err(e)) => tracing::debug!(instance = %instance.name, error = %e.full_message(), "capacity for metrics"),
+            Ok(Err(e)) => {
+                tracing::debug!(instance = %instance.name, error = %e.full_message(), "capacity for metrics")
+            }
             Err(_) => tracing::debug!(instance = %instance.name, "capacity for metrics timed out"),
         }
     }

@@ -12,13 +12,19 @@ use omnidisk_provider_api::testing::FakeSettings;
 use tonic::Code;
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn create_req(name: &str, size: i64, pairs: &[(&str, &str)]) -> csi::CreateVolumeRequest {
     csi::CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(csi::CapacityRange { required_bytes: size, limit_bytes: 0 }),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: size,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![mount_cap()],
         parameters: params(pairs),
         ..Default::default()
@@ -28,18 +34,31 @@ fn create_req(name: &str, size: i64, pairs: &[(&str, &str)]) -> csi::CreateVolum
 const GIB: i64 = 1 << 30;
 
 fn two_instances() -> Vec<(&'static str, FakeSettings)> {
-    vec![("alpha", FakeSettings::default()), ("beta", FakeSettings::default())]
+    vec![
+        ("alpha", FakeSettings::default()),
+        ("beta", FakeSettings::default()),
+    ]
 }
 
 #[tokio::test]
 async fn identity_reports_name_readiness_and_capabilities() {
     let h = start(Mode::All, &two_instances()).await;
     let mut c = h.client.clone();
-    let info = c.identity.get_plugin_info(csi::GetPluginInfoRequest {}).await.unwrap().into_inner();
+    let info = c
+        .identity
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.name, omnidisk::DRIVER_NAME);
     assert_eq!(info.vendor_version, omnidisk::VERSION);
     assert!(info.manifest.contains_key("instance/alpha"));
-    let probe = c.identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
+    let probe = c
+        .identity
+        .probe(csi::ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(probe.ready, Some(true));
     let caps = c
         .identity
@@ -83,14 +102,25 @@ async fn identity_reports_name_readiness_and_capabilities() {
 async fn create_is_idempotent_and_conflicting_recreate_is_already_exists() {
     let h = start(Mode::Controller, &two_instances()).await;
     let mut c = h.client.controller.clone();
-    let first = c.create_volume(create_req("pvc-1", GIB, &[("type", "alpha")])).await.unwrap().into_inner();
-    let again = c.create_volume(create_req("pvc-1", GIB, &[("type", "alpha")])).await.unwrap().into_inner();
+    let first = c
+        .create_volume(create_req("pvc-1", GIB, &[("type", "alpha")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .create_volume(create_req("pvc-1", GIB, &[("type", "alpha")]))
+        .await
+        .unwrap()
+        .into_inner();
     let v1 = first.volume.unwrap();
     assert!(v1.volume_id.starts_with("v1.alpha."), "{}", v1.volume_id);
     assert_eq!(v1.volume_id, again.volume.unwrap().volume_id);
     assert_eq!(h.fake("alpha").volume_count(), 1);
 
-    let err = c.create_volume(create_req("pvc-1", 5 * GIB, &[("type", "alpha")])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("pvc-1", 5 * GIB, &[("type", "alpha")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert_eq!(h.fake("alpha").volume_count(), 1);
     h.stop().await;
@@ -100,16 +130,30 @@ async fn create_is_idempotent_and_conflicting_recreate_is_already_exists() {
 async fn routing_by_type_and_unknown_type() {
     let h = start(Mode::Controller, &two_instances()).await;
     let mut c = h.client.controller.clone();
-    let v = c.create_volume(create_req("pvc-b", GIB, &[("type", "beta")])).await.unwrap().into_inner();
+    let v = c
+        .create_volume(create_req("pvc-b", GIB, &[("type", "beta")]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(v.volume.unwrap().volume_id.starts_with("v1.beta."));
     assert_eq!(h.fake("beta").volume_count(), 1);
     assert_eq!(h.fake("alpha").volume_count(), 0);
 
-    let err = c.create_volume(create_req("pvc-x", GIB, &[("type", "gamma")])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("pvc-x", GIB, &[("type", "gamma")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("gamma") && err.message().contains("alpha, beta"), "{}", err.message());
+    assert!(
+        err.message().contains("gamma") && err.message().contains("alpha, beta"),
+        "{}",
+        err.message()
+    );
 
-    let err = c.create_volume(create_req("pvc-x", GIB, &[])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("pvc-x", GIB, &[]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("`type`"), "{}", err.message());
     h.stop().await;
@@ -121,15 +165,24 @@ async fn missing_fields_are_invalid_argument_naming_the_field() {
     let mut c = h.client.clone();
     let mut req = create_req("", GIB, &[("type", "alpha")]);
     let err = c.controller.create_volume(req.clone()).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "name is required"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "name is required")
+    );
 
     req.name = "pvc".into();
     req.volume_capabilities.clear();
     let err = c.controller.create_volume(req.clone()).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "volume_capabilities is required"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "volume_capabilities is required")
+    );
 
     req.volume_capabilities = vec![mount_cap()];
-    req.capacity_range = Some(csi::CapacityRange { required_bytes: 2 * GIB, limit_bytes: GIB });
+    req.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 2 * GIB,
+        limit_bytes: GIB,
+    });
     let err = c.controller.create_volume(req.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("limit_bytes"));
@@ -139,7 +192,10 @@ async fn missing_fields_are_invalid_argument_naming_the_field() {
         .delete_volume(csi::DeleteVolumeRequest::default())
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "volume_id is required"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "volume_id is required")
+    );
 
     let err = c
         .controller
@@ -150,14 +206,23 @@ async fn missing_fields_are_invalid_argument_naming_the_field() {
         })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "node_id is required"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "node_id is required")
+    );
 
     let err = c
         .controller
-        .create_snapshot(csi::CreateSnapshotRequest { name: "s".into(), ..Default::default() })
+        .create_snapshot(csi::CreateSnapshotRequest {
+            name: "s".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "source_volume_id is required"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "source_volume_id is required")
+    );
 
     let err = c
         .node
@@ -169,7 +234,11 @@ async fn missing_fields_are_invalid_argument_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("staging_target_path"), "{}", err.message());
+    assert!(
+        err.message().contains("staging_target_path"),
+        "{}",
+        err.message()
+    );
 
     let err = c
         .controller
@@ -179,7 +248,10 @@ async fn missing_fields_are_invalid_argument_naming_the_field() {
         })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "capacity_range is required"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "capacity_range is required")
+    );
     h.stop().await;
 }
 
@@ -190,16 +262,24 @@ async fn malformed_and_foreign_ids_get_the_spec_codes() {
     for bad in ["garbage", "v2.alpha.x", "v1.alpha."] {
         // Deleting something that cannot exist is success.
         c.controller
-            .delete_volume(csi::DeleteVolumeRequest { volume_id: bad.into(), ..Default::default() })
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: bad.into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         c.controller
-            .delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: bad.into(), ..Default::default() })
+            .delete_snapshot(csi::DeleteSnapshotRequest {
+                snapshot_id: bad.into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         let err = c
             .controller
-            .controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: bad.into() })
+            .controller_get_volume(csi::ControllerGetVolumeRequest {
+                volume_id: bad.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{bad}");
@@ -226,7 +306,10 @@ async fn malformed_and_foreign_ids_get_the_spec_codes() {
         assert_eq!(err.code(), Code::NotFound, "{bad}");
         let listed = c
             .controller
-            .list_snapshots(csi::ListSnapshotsRequest { snapshot_id: bad.into(), ..Default::default() })
+            .list_snapshots(csi::ListSnapshotsRequest {
+                snapshot_id: bad.into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -246,7 +329,9 @@ async fn malformed_and_foreign_ids_get_the_spec_codes() {
     // Well-formed, but the volume does not exist.
     let err = c
         .controller
-        .controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: "v1.alpha.vol-9999".into() })
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: "v1.alpha.vol-9999".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -254,7 +339,10 @@ async fn malformed_and_foreign_ids_get_the_spec_codes() {
     // real volume, so it is refused rather than reported as done.
     let err = c
         .controller
-        .delete_volume(csi::DeleteVolumeRequest { volume_id: "v1.elsewhere.vol-1".into(), ..Default::default() })
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: "v1.elsewhere.vol-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -263,22 +351,32 @@ async fn malformed_and_foreign_ids_get_the_spec_codes() {
 
 #[tokio::test]
 async fn a_second_operation_on_a_busy_volume_is_aborted() {
-    let slow = FakeSettings { delay_ms: 400, ..FakeSettings::default() };
+    let slow = FakeSettings {
+        delay_ms: 400,
+        ..FakeSettings::default()
+    };
     let h = start(Mode::Controller, &[("slow", slow)]).await;
     let c1 = h.client.controller.clone();
     let mut c2 = h.client.controller.clone();
     let first = tokio::spawn(async move {
         let mut c1 = c1;
-        c1.create_volume(create_req("pvc-slow", GIB, &[("type", "slow")])).await
+        c1.create_volume(create_req("pvc-slow", GIB, &[("type", "slow")]))
+            .await
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let err = c2.create_volume(create_req("pvc-slow", GIB, &[("type", "slow")])).await.unwrap_err();
+    let err = c2
+        .create_volume(create_req("pvc-slow", GIB, &[("type", "slow")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
     let v = first.await.unwrap().unwrap().into_inner().volume.unwrap();
     // Once the first is done the volume is free again.
-    c2.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id, ..Default::default() })
-        .await
-        .unwrap();
+    c2.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(h.driver.inflight.is_empty());
     h.stop().await;
 }
@@ -287,33 +385,58 @@ async fn a_second_operation_on_a_busy_volume_is_aborted() {
 async fn attach_detach_and_delete_attached() {
     let h = start(Mode::Controller, &two_instances()).await;
     let mut c = h.client.controller.clone();
-    let v = c.create_volume(create_req("pvc-a", GIB, &[("type", "alpha")])).await.unwrap().into_inner().volume.unwrap();
+    let v = c
+        .create_volume(create_req("pvc-a", GIB, &[("type", "alpha")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     let publish = csi::ControllerPublishVolumeRequest {
         volume_id: v.volume_id.clone(),
         node_id: "node-1".into(),
         volume_capability: Some(mount_cap()),
         ..Default::default()
     };
-    let ctx1 = c.controller_publish_volume(publish.clone()).await.unwrap().into_inner();
-    let ctx2 = c.controller_publish_volume(publish.clone()).await.unwrap().into_inner();
+    let ctx1 = c
+        .controller_publish_volume(publish.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let ctx2 = c
+        .controller_publish_volume(publish.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ctx1.publish_context, ctx2.publish_context);
     assert!(!ctx1.publish_context.is_empty());
 
     let err = c
-        .controller_publish_volume(csi::ControllerPublishVolumeRequest { node_id: "node-2".into(), ..publish.clone() })
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            node_id: "node-2".into(),
+            ..publish.clone()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     let got = c
-        .controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: v.volume_id.clone() })
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: v.volume_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.status.unwrap().published_node_ids, vec!["node-1".to_string()]);
+    assert_eq!(
+        got.status.unwrap().published_node_ids,
+        vec!["node-1".to_string()]
+    );
 
     let err = c
-        .delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() })
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -323,14 +446,22 @@ async fn attach_detach_and_delete_attached() {
         node_id: "node-1".into(),
         ..Default::default()
     };
-    c.controller_unpublish_volume(unpublish.clone()).await.unwrap();
+    c.controller_unpublish_volume(unpublish.clone())
+        .await
+        .unwrap();
     c.controller_unpublish_volume(unpublish).await.unwrap();
-    c.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() })
-        .await
-        .unwrap();
-    c.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id, ..Default::default() })
-        .await
-        .unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert_eq!(h.fake("alpha").volume_count(), 0);
     h.stop().await;
 }
@@ -340,7 +471,10 @@ async fn list_volumes_pages_across_instances() {
     let h = start(Mode::Controller, &two_instances()).await;
     let mut c = h.client.controller.clone();
     let mut created = Vec::new();
-    for (i, instance) in ["alpha", "alpha", "beta", "beta", "beta"].iter().enumerate() {
+    for (i, instance) in ["alpha", "alpha", "beta", "beta", "beta"]
+        .iter()
+        .enumerate()
+    {
         let v = c
             .create_volume(create_req(&format!("pvc-{i}"), GIB, &[("type", instance)]))
             .await
@@ -355,13 +489,20 @@ async fn list_volumes_pages_across_instances() {
     let mut pages = 0;
     loop {
         let page = c
-            .list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: token })
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 2,
+                starting_token: token,
+            })
             .await
             .unwrap()
             .into_inner();
         assert!(page.entries.len() <= 2);
         pages += 1;
-        seen.extend(page.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
         if page.next_token.is_empty() {
             break;
         }
@@ -372,17 +513,27 @@ async fn list_volumes_pages_across_instances() {
     assert_eq!(seen, created);
     assert!(pages >= 3, "{pages} pages");
 
-    let all = c.list_volumes(csi::ListVolumesRequest::default()).await.unwrap().into_inner();
+    let all = c
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.entries.len(), 5);
     assert!(all.next_token.is_empty());
 
     let err = c
-        .list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: "nonsense".into() })
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 1,
+            starting_token: "nonsense".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     let err = c
-        .list_volumes(csi::ListVolumesRequest { max_entries: -1, starting_token: String::new() })
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: -1,
+            starting_token: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -393,28 +544,52 @@ async fn list_volumes_pages_across_instances() {
 async fn snapshots_restore_and_clone_within_an_instance() {
     let h = start(Mode::Controller, &two_instances()).await;
     let mut c = h.client.controller.clone();
-    let v = c.create_volume(create_req("src", GIB, &[("type", "alpha")])).await.unwrap().into_inner().volume.unwrap();
+    let v = c
+        .create_volume(create_req("src", GIB, &[("type", "alpha")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     let snap_req = csi::CreateSnapshotRequest {
         source_volume_id: v.volume_id.clone(),
         name: "snap-1".into(),
         ..Default::default()
     };
-    let s = c.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
-    let again = c.create_snapshot(snap_req).await.unwrap().into_inner().snapshot.unwrap();
+    let s = c
+        .create_snapshot(snap_req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let again = c
+        .create_snapshot(snap_req)
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
     assert_eq!(s.snapshot_id, again.snapshot_id);
     assert_eq!(s.source_volume_id, v.volume_id);
     assert!(s.ready_to_use);
     assert!(s.creation_time.is_some());
 
     let got = c
-        .get_snapshot(csi::GetSnapshotRequest { snapshot_id: s.snapshot_id.clone(), ..Default::default() })
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: s.snapshot_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(got.snapshot.unwrap().snapshot_id, s.snapshot_id);
 
     let by_volume = c
-        .list_snapshots(csi::ListSnapshotsRequest { source_volume_id: v.volume_id.clone(), ..Default::default() })
+        .list_snapshots(csi::ListSnapshotsRequest {
+            source_volume_id: v.volume_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -422,13 +597,23 @@ async fn snapshots_restore_and_clone_within_an_instance() {
 
     let mut restore = create_req("restored", GIB, &[("type", "alpha")]);
     restore.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource {
-            snapshot_id: s.snapshot_id.clone(),
-        })),
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: s.snapshot_id.clone(),
+            },
+        )),
     });
-    let r = c.create_volume(restore.clone()).await.unwrap().into_inner().volume.unwrap();
+    let r = c
+        .create_volume(restore.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     match r.content_source.and_then(|s| s.r#type) {
-        Some(csi::volume_content_source::Type::Snapshot(src)) => assert_eq!(src.snapshot_id, s.snapshot_id),
+        Some(csi::volume_content_source::Type::Snapshot(src)) => {
+            assert_eq!(src.snapshot_id, s.snapshot_id)
+        }
         other => panic!("restored volume has source {other:?}"),
     }
 
@@ -441,29 +626,42 @@ async fn snapshots_restore_and_clone_within_an_instance() {
 
     let mut clone = create_req("clone", GIB, &[("type", "alpha")]);
     clone.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource {
-            volume_id: v.volume_id.clone(),
-        })),
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: v.volume_id.clone(),
+            },
+        )),
     });
     c.create_volume(clone).await.unwrap();
 
     let mut missing = create_req("from-missing", GIB, &[("type", "alpha")]);
     missing.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource {
-            snapshot_id: "v1.alpha.snap-404".into(),
-        })),
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: "v1.alpha.snap-404".into(),
+            },
+        )),
     });
     let err = c.create_volume(missing).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    c.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: s.snapshot_id.clone(), ..Default::default() })
-        .await
-        .unwrap();
-    c.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: s.snapshot_id.clone(), ..Default::default() })
-        .await
-        .unwrap();
+    c.delete_snapshot(csi::DeleteSnapshotRequest {
+        snapshot_id: s.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.delete_snapshot(csi::DeleteSnapshotRequest {
+        snapshot_id: s.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let err = c
-        .get_snapshot(csi::GetSnapshotRequest { snapshot_id: s.snapshot_id, ..Default::default() })
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: s.snapshot_id,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -472,15 +670,28 @@ async fn snapshots_restore_and_clone_within_an_instance() {
 
 #[tokio::test]
 async fn expand_modify_capacity_and_provider_error_kinds() {
-    let limited = FakeSettings { capacity_bytes: 10 * GIB, max_volume_bytes: 4 * GIB, ..FakeSettings::default() };
+    let limited = FakeSettings {
+        capacity_bytes: 10 * GIB,
+        max_volume_bytes: 4 * GIB,
+        ..FakeSettings::default()
+    };
     let h = start(Mode::Controller, &[("small", limited)]).await;
     let mut c = h.client.controller.clone();
-    let v = c.create_volume(create_req("pvc", GIB, &[])).await.unwrap().into_inner().volume.unwrap();
+    let v = c
+        .create_volume(create_req("pvc", GIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
 
     let r = c
         .controller_expand_volume(csi::ControllerExpandVolumeRequest {
             volume_id: v.volume_id.clone(),
-            capacity_range: Some(csi::CapacityRange { required_bytes: 3 * GIB, limit_bytes: 0 }),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 3 * GIB,
+                limit_bytes: 0,
+            }),
             volume_capability: Some(mount_cap()),
             ..Default::default()
         })
@@ -492,14 +703,20 @@ async fn expand_modify_capacity_and_provider_error_kinds() {
     let r = c
         .controller_expand_volume(csi::ControllerExpandVolumeRequest {
             volume_id: v.volume_id.clone(),
-            capacity_range: Some(csi::CapacityRange { required_bytes: 3 * GIB, limit_bytes: 0 }),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 3 * GIB,
+                limit_bytes: 0,
+            }),
             volume_capability: Some(block_cap()),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert!(!r.node_expansion_required, "block volumes need no node expansion");
+    assert!(
+        !r.node_expansion_required,
+        "block volumes need no node expansion"
+    );
 
     c.controller_modify_volume(csi::ControllerModifyVolumeRequest {
         volume_id: v.volume_id.clone(),
@@ -519,33 +736,66 @@ async fn expand_modify_capacity_and_provider_error_kinds() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("colour"));
 
-    let cap = c.get_capacity(csi::GetCapacityRequest::default()).await.unwrap().into_inner();
+    let cap = c
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(cap.available_capacity, 7 * GIB);
     assert_eq!(cap.maximum_volume_size, Some(4 * GIB));
 
-    let err = c.create_volume(create_req("too-big", 5 * GIB, &[])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("too-big", 5 * GIB, &[]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
-    let err = c.create_volume(create_req("down", GIB, &[("fail", "unavailable")])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("down", GIB, &[("fail", "unavailable")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().starts_with("small: create volume: "), "{}", err.message());
-    let err = c.create_volume(create_req("bad-param", GIB, &[("sped", "fast")])).await.unwrap_err();
+    assert!(
+        err.message().starts_with("small: create volume: "),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .create_volume(create_req("bad-param", GIB, &[("sped", "fast")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("`sped`"), "{}", err.message());
-    let err = c.create_volume(create_req("bad-fs", GIB, &[("fsType", "ntfs")])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("bad-fs", GIB, &[("fsType", "ntfs")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     h.stop().await;
 }
 
 #[tokio::test]
 async fn node_local_instances_are_served_by_the_node_plugin_only() {
-    let local = FakeSettings { node_local: true, attach_required: false, ..FakeSettings::default() };
+    let local = FakeSettings {
+        node_local: true,
+        attach_required: false,
+        ..FakeSettings::default()
+    };
     let shared = FakeSettings::default();
-    let controller = start(Mode::Controller, &[("local", local.clone()), ("shared", shared.clone())]).await;
+    let controller = start(
+        Mode::Controller,
+        &[("local", local.clone()), ("shared", shared.clone())],
+    )
+    .await;
     let mut c = controller.client.controller.clone();
-    let err = c.create_volume(create_req("pvc", GIB, &[("type", "local")])).await.unwrap_err();
+    let err = c
+        .create_volume(create_req("pvc", GIB, &[("type", "local")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("node-local"), "{}", err.message());
-    c.create_volume(create_req("pvc", GIB, &[("type", "shared")])).await.unwrap();
+    c.create_volume(create_req("pvc", GIB, &[("type", "shared")]))
+        .await
+        .unwrap();
     // The attacher publishes every volume of the driver; local ones need nothing.
     let r = c
         .controller_publish_volume(csi::ControllerPublishVolumeRequest {
@@ -562,28 +812,56 @@ async fn node_local_instances_are_served_by_the_node_plugin_only() {
 
     let node = start(Mode::Node, &[("local", local), ("shared", shared)]).await;
     let mut c = node.client.controller.clone();
-    let v = c.create_volume(create_req("pvc", GIB, &[("type", "local")])).await.unwrap().into_inner().volume.unwrap();
-    assert_eq!(v.accessible_topology[0].segments["fake.omnidisk.io/node"], "node-1");
-    let err = c.create_volume(create_req("pvc2", GIB, &[("type", "shared")])).await.unwrap_err();
+    let v = c
+        .create_volume(create_req("pvc", GIB, &[("type", "local")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        v.accessible_topology[0].segments["fake.omnidisk.io/node"],
+        "node-1"
+    );
+    let err = c
+        .create_volume(create_req("pvc2", GIB, &[("type", "shared")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let mut elsewhere = create_req("pvc3", GIB, &[("type", "local")]);
     elsewhere.accessibility_requirements = Some(csi::TopologyRequirement {
-        requisite: vec![csi::Topology { segments: params(&[("fake.omnidisk.io/node", "node-2")]) }],
+        requisite: vec![csi::Topology {
+            segments: params(&[("fake.omnidisk.io/node", "node-2")]),
+        }],
         preferred: vec![],
     });
     let err = c.create_volume(elsewhere).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
 
-    let info = node.client.node.clone().node_get_info(csi::NodeGetInfoRequest {}).await.unwrap().into_inner();
+    let info = node
+        .client
+        .node
+        .clone()
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.node_id, "node-1");
     let topo = info.accessible_topology.unwrap().segments;
-    assert_eq!(topo.get("fake.omnidisk.io/node").map(String::as_str), Some("node-1"));
+    assert_eq!(
+        topo.get("fake.omnidisk.io/node").map(String::as_str),
+        Some("node-1")
+    );
     node.stop().await;
 }
 
 #[tokio::test]
 async fn node_stage_publish_round_trip_with_the_fake_mounter() {
-    let local = FakeSettings { node_local: true, attach_required: false, ..FakeSettings::default() };
+    let local = FakeSettings {
+        node_local: true,
+        attach_required: false,
+        ..FakeSettings::default()
+    };
     let h = start(Mode::All, &[("local", local)]).await;
     let mut c = h.client.clone();
     let v = c
@@ -632,7 +910,10 @@ async fn node_stage_publish_round_trip_with_the_fake_mounter() {
         volume_id: v.volume_id.clone(),
         target_path: target.to_string_lossy().into(),
     };
-    c.node.node_unpublish_volume(unpublish.clone()).await.unwrap();
+    c.node
+        .node_unpublish_volume(unpublish.clone())
+        .await
+        .unwrap();
     c.node.node_unpublish_volume(unpublish).await.unwrap();
     let unstage = csi::NodeUnstageVolumeRequest {
         volume_id: v.volume_id.clone(),

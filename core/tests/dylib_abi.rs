@@ -11,7 +11,6 @@
 // `omnidisk::plugin`; then this becomes `use omnidisk::plugin`.
 
 #[allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::future::Future;
@@ -22,9 +21,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use omnidisk::plugin::{PluginError, load};
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
-use omnidisk::plugin::{PluginError, load};
 use tempfile::TempDir;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);

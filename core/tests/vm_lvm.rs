@@ -42,5 +42,8 @@ fn lvm_life_cycle_inside_a_vm() {
         .arg("1200")
         .status()
         .expect("run tests/vm/run");
-    assert!(status.success(), "the life cycle inside the VM failed: {status}");
+    assert!(
+        status.success(),
+        "the life cycle inside the VM failed: {status}"
+    );
 }

@@ -54,9 +54,7 @@ impl Params {
         let keys: Vec<String> = self
             .remaining
             .keys()
-            .filter(|k| {
-                k.len() >= prefix.len() && k[..prefix.len()].eq_ignore_ascii_case(prefix)
-            })
+            .filter(|k| k.len() >= prefix.len() && k[..prefix.len()].eq_ignore_ascii_case(prefix))
             .cloned()
             .collect();
         keys.into_iter()
@@ -206,11 +204,13 @@ mod tests {
 
     #[test]
     fn settings_errors_name_the_key_path() {
-        let err = parse_settings::<Settings>("volume_group = \"vg\"\nvolumegroup = 1\n").unwrap_err();
-        assert!(err.message().contains("volumegroup"), "{}", err.message());
         let err =
-            parse_settings::<Settings>("volume_group = \"vg\"\n[pool]\nname = \"p\"\nratio = \"x\"\n")
-                .unwrap_err();
+            parse_settings::<Settings>("volume_group = \"vg\"\nvolumegroup = 1\n").unwrap_err();
+        assert!(err.message().contains("volumegroup"), "{}", err.message());
+        let err = parse_settings::<Settings>(
+            "volume_group = \"vg\"\n[pool]\nname = \"p\"\nratio = \"x\"\n",
+        )
+        .unwrap_err();
         assert!(err.message().contains("pool.ratio"), "{}", err.message());
         let ok = parse_settings::<Settings>("volume_group = \"vg\"\n").unwrap();
         assert_eq!(ok.volume_group, "vg");

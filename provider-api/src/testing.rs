@@ -92,8 +92,10 @@ pub const FACTORY: ProviderFactory = ProviderFactory {
     create: |init| {
         Box::pin(async move {
             let settings: FakeSettings = parse_settings(&init.settings_toml)?;
-            Ok(Arc::new(FakeProvider::new(&init.instance, &init.node_name, settings))
-                as Arc<dyn Provider>)
+            Ok(
+                Arc::new(FakeProvider::new(&init.instance, &init.node_name, settings))
+                    as Arc<dyn Provider>,
+            )
         })
     },
 };
@@ -143,7 +145,11 @@ impl FakeProvider {
     }
 
     fn used(state: &State) -> i64 {
-        state.volumes.values().map(|v| v.volume.capacity_bytes).sum()
+        state
+            .volumes
+            .values()
+            .map(|v| v.volume.capacity_bytes)
+            .sum()
     }
 }
 
@@ -158,9 +164,17 @@ fn page<T: Clone>(items: &[T], req_max: i32, token: &str) -> Result<(Vec<T>, Str
     if start > items.len() {
         return Err(ProviderError::aborted_token(token));
     }
-    let max = if req_max <= 0 { usize::MAX } else { req_max as usize };
+    let max = if req_max <= 0 {
+        usize::MAX
+    } else {
+        req_max as usize
+    };
     let end = start.saturating_add(max).min(items.len());
-    let next = if end < items.len() { end.to_string() } else { String::new() };
+    let next = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
     Ok((items[start..end].to_vec(), next))
 }
 
@@ -168,7 +182,10 @@ impl ProviderError {
     /// The error for a paging token this provider did not issue
     /// (CSI: `ABORTED` for an invalid starting token).
     pub fn aborted_token(token: &str) -> Self {
-        ProviderError::new(ErrorKind::Aborted, format!("invalid starting token {token:?}"))
+        ProviderError::new(
+            ErrorKind::Aborted,
+            format!("invalid starting token {token:?}"),
+        )
     }
 }
 
@@ -234,7 +251,9 @@ impl Provider for FakeProvider {
             )));
         }
         let source = req.source.clone().map(|s| match s {
-            create_volume_request::Source::SourceSnapshotId(id) => volume::Source::SourceSnapshotId(id),
+            create_volume_request::Source::SourceSnapshotId(id) => {
+                volume::Source::SourceSnapshotId(id)
+            }
             create_volume_request::Source::SourceVolumeId(id) => volume::Source::SourceVolumeId(id),
         });
         let mut state = self.lock();
@@ -305,10 +324,9 @@ impl Provider for FakeProvider {
     async fn get_volume(&self, req: VolumeRef) -> Result<VolumeStatus> {
         self.enter().await?;
         let state = self.lock();
-        let v = state
-            .volumes
-            .get(&req.volume_id)
-            .ok_or_else(|| ProviderError::not_found(format!("volume {} not found", req.volume_id)))?;
+        let v = state.volumes.get(&req.volume_id).ok_or_else(|| {
+            ProviderError::not_found(format!("volume {} not found", req.volume_id))
+        })?;
         Ok(VolumeStatus {
             volume: Some(v.volume.clone()),
             published_nodes: v.attached.iter().cloned().collect(),
@@ -331,18 +349,22 @@ impl Provider for FakeProvider {
             })
             .collect();
         let (entries, next_token) = page(&all, req.max_entries, &req.starting_token)?;
-        Ok(ListVolumesResponse { entries, next_token })
+        Ok(ListVolumesResponse {
+            entries,
+            next_token,
+        })
     }
 
     async fn expand_volume(&self, req: ExpandVolumeRequest) -> Result<ExpandVolumeResponse> {
         self.enter().await?;
         let mut state = self.lock();
-        let v = state
-            .volumes
-            .get_mut(&req.volume_id)
-            .ok_or_else(|| ProviderError::not_found(format!("volume {} not found", req.volume_id)))?;
+        let v = state.volumes.get_mut(&req.volume_id).ok_or_else(|| {
+            ProviderError::not_found(format!("volume {} not found", req.volume_id))
+        })?;
         if req.limit_bytes > 0 && req.required_bytes > req.limit_bytes {
-            return Err(ProviderError::out_of_range("required size exceeds the limit"));
+            return Err(ProviderError::out_of_range(
+                "required size exceeds the limit",
+            ));
         }
         if req.required_bytes > v.volume.capacity_bytes {
             v.volume.capacity_bytes = req.required_bytes;
@@ -356,10 +378,9 @@ impl Provider for FakeProvider {
     async fn modify_volume(&self, req: ModifyVolumeRequest) -> Result<()> {
         self.enter().await?;
         let mut state = self.lock();
-        let v = state
-            .volumes
-            .get_mut(&req.volume_id)
-            .ok_or_else(|| ProviderError::not_found(format!("volume {} not found", req.volume_id)))?;
+        let v = state.volumes.get_mut(&req.volume_id).ok_or_else(|| {
+            ProviderError::not_found(format!("volume {} not found", req.volume_id))
+        })?;
         let mut params = Params::new("fake mutable parameter", &req.mutable_parameters);
         let tier = params.take("tier");
         params.finish()?;
@@ -372,10 +393,9 @@ impl Provider for FakeProvider {
     async fn attach_volume(&self, req: AttachRequest) -> Result<AttachResponse> {
         self.enter().await?;
         let mut state = self.lock();
-        let v = state
-            .volumes
-            .get_mut(&req.volume_id)
-            .ok_or_else(|| ProviderError::not_found(format!("volume {} not found", req.volume_id)))?;
+        let v = state.volumes.get_mut(&req.volume_id).ok_or_else(|| {
+            ProviderError::not_found(format!("volume {} not found", req.volume_id))
+        })?;
         if !v.attached.is_empty() && !v.attached.contains(&req.node_id) {
             return Err(ProviderError::failed_precondition(format!(
                 "volume {} is attached to another node",
@@ -446,7 +466,9 @@ impl Provider for FakeProvider {
             .snapshots
             .get(&req.snapshot_id)
             .map(|(_, s)| s.clone())
-            .ok_or_else(|| ProviderError::not_found(format!("snapshot {} not found", req.snapshot_id)))
+            .ok_or_else(|| {
+                ProviderError::not_found(format!("snapshot {} not found", req.snapshot_id))
+            })
     }
 
     async fn list_snapshots(&self, req: ListSnapshotsRequest) -> Result<ListSnapshotsResponse> {
@@ -457,10 +479,15 @@ impl Provider for FakeProvider {
             .values()
             .map(|(_, s)| s.clone())
             .filter(|s| req.snapshot_id.is_empty() || s.id == req.snapshot_id)
-            .filter(|s| req.source_volume_id.is_empty() || s.source_volume_id == req.source_volume_id)
+            .filter(|s| {
+                req.source_volume_id.is_empty() || s.source_volume_id == req.source_volume_id
+            })
             .collect();
         let (entries, next_token) = page(&all, req.max_entries, &req.starting_token)?;
-        Ok(ListSnapshotsResponse { entries, next_token })
+        Ok(ListSnapshotsResponse {
+            entries,
+            next_token,
+        })
     }
 
     async fn get_capacity(&self, req: CapacityRequest) -> Result<CapacityResponse> {
@@ -502,6 +529,8 @@ impl Provider for FakeProvider {
             .ok_or_else(|| {
                 ProviderError::not_found(format!("no device known for volume {}", req.volume_id))
             })?;
-        Ok(FindDeviceResponse { device_path: device })
+        Ok(FindDeviceResponse {
+            device_path: device,
+        })
     }
 }

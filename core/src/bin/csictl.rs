@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use omnidisk::client::{CsiClient, connect};
 use omnidisk::generated::csi;
-use omnidisk::generated::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
+use omnidisk::generated::csi::volume_capability::{
+    AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode,
+};
 use serde_json::{Value, json};
 
 /// A CSI client: probe a driver, create, stage, publish and snapshot volumes.
@@ -17,7 +19,11 @@ use serde_json::{Value, json};
 #[command(name = "csictl", version, about)]
 struct Cli {
     /// The driver's socket.
-    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///run/omnidisk/csi.sock")]
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/omnidisk/csi.sock"
+    )]
     endpoint: String,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -90,7 +96,9 @@ impl Access {
         };
         csi::VolumeCapability {
             access_type: Some(access_type),
-            access_mode: Some(AccessMode { mode: self.access_mode.mode() as i32 }),
+            access_mode: Some(AccessMode {
+                mode: self.access_mode.mode() as i32,
+            }),
         }
     }
 }
@@ -252,7 +260,9 @@ fn parse_size(raw: &str) -> Result<i64, String> {
         Some((i, _)) => trimmed.split_at(i),
         None => (trimmed, ""),
     };
-    let value: i64 = digits.parse().map_err(|_| format!("invalid size {raw:?}"))?;
+    let value: i64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {raw:?}"))?;
     let shift = match unit.to_ascii_uppercase().as_str() {
         "" => 0,
         "K" => 10,
@@ -300,7 +310,10 @@ struct Printed {
 }
 
 fn printed(text: impl Into<String>, json: Value) -> Printed {
-    Printed { text: text.into(), json }
+    Printed {
+        text: text.into(),
+        json,
+    }
 }
 
 async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
@@ -308,26 +321,50 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
         Command::Probe => {
             let r = c.identity.probe(csi::ProbeRequest {}).await?.into_inner();
             let ready = r.ready.unwrap_or(true);
-            printed(if ready { "ready" } else { "not ready" }, json!({ "ready": ready }))
+            printed(
+                if ready { "ready" } else { "not ready" },
+                json!({ "ready": ready }),
+            )
         }
         Command::Info => {
-            let r = c.identity.get_plugin_info(csi::GetPluginInfoRequest {}).await?.into_inner();
+            let r = c
+                .identity
+                .get_plugin_info(csi::GetPluginInfoRequest {})
+                .await?
+                .into_inner();
             printed(
                 format!("{} {}", r.name, r.vendor_version),
                 json!({ "name": r.name, "vendor_version": r.vendor_version, "manifest": r.manifest }),
             )
         }
         Command::Caps => {
-            let id = c.identity.get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {}).await?.into_inner();
-            let ctrl = c.controller.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await?.into_inner();
-            let node = c.node.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await;
-            let identity: Vec<String> = id.capabilities.iter().map(|c| format!("{:?}", c.r#type)).collect();
+            let id = c
+                .identity
+                .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+                .await?
+                .into_inner();
+            let ctrl = c
+                .controller
+                .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+                .await?
+                .into_inner();
+            let node = c
+                .node
+                .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+                .await;
+            let identity: Vec<String> = id
+                .capabilities
+                .iter()
+                .map(|c| format!("{:?}", c.r#type))
+                .collect();
             let controller: Vec<String> = ctrl
                 .capabilities
                 .iter()
                 .filter_map(|c| match &c.r#type {
                     Some(csi::controller_service_capability::Type::Rpc(r)) => {
-                        csi::controller_service_capability::rpc::Type::try_from(r.r#type).ok().map(|t| t.as_str_name().to_owned())
+                        csi::controller_service_capability::rpc::Type::try_from(r.r#type)
+                            .ok()
+                            .map(|t| t.as_str_name().to_owned())
                     }
                     None => None,
                 })
@@ -339,7 +376,9 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                     .iter()
                     .filter_map(|c| match &c.r#type {
                         Some(csi::node_service_capability::Type::Rpc(r)) => {
-                            csi::node_service_capability::rpc::Type::try_from(r.r#type).ok().map(|t| t.as_str_name().to_owned())
+                            csi::node_service_capability::rpc::Type::try_from(r.r#type)
+                                .ok()
+                                .map(|t| t.as_str_name().to_owned())
                         }
                         None => None,
                     })
@@ -347,43 +386,84 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                 Err(_) => Vec::new(),
             };
             printed(
-                format!("identity: {}\ncontroller: {}\nnode: {}", identity.join(" "), controller.join(" "), node.join(" ")),
+                format!(
+                    "identity: {}\ncontroller: {}\nnode: {}",
+                    identity.join(" "),
+                    controller.join(" "),
+                    node.join(" ")
+                ),
                 json!({ "identity": identity, "controller": controller, "node": node }),
             )
         }
         Command::NodeInfo => {
-            let r = c.node.node_get_info(csi::NodeGetInfoRequest {}).await?.into_inner();
-            let topo = r.accessible_topology.map(|t| t.segments).unwrap_or_default();
+            let r = c
+                .node
+                .node_get_info(csi::NodeGetInfoRequest {})
+                .await?
+                .into_inner();
+            let topo = r
+                .accessible_topology
+                .map(|t| t.segments)
+                .unwrap_or_default();
             printed(
-                format!("{} max_volumes={} topology={:?}", r.node_id, r.max_volumes_per_node, topo),
+                format!(
+                    "{} max_volumes={} topology={:?}",
+                    r.node_id, r.max_volumes_per_node, topo
+                ),
                 json!({ "node_id": r.node_id, "max_volumes_per_node": r.max_volumes_per_node, "topology": topo }),
             )
         }
-        Command::Create { name, size, instance, params, access, from_snapshot, from_volume, node } => {
+        Command::Create {
+            name,
+            size,
+            instance,
+            params,
+            access,
+            from_snapshot,
+            from_volume,
+            node,
+        } => {
             let mut parameters = map(params);
             if let Some(i) = instance {
                 parameters.insert("type".into(), i.clone());
             }
             let volume_content_source = match (from_snapshot, from_volume) {
                 (Some(s), _) => Some(csi::VolumeContentSource {
-                    r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource { snapshot_id: s.clone() })),
+                    r#type: Some(csi::volume_content_source::Type::Snapshot(
+                        csi::volume_content_source::SnapshotSource {
+                            snapshot_id: s.clone(),
+                        },
+                    )),
                 }),
                 (None, Some(v)) => Some(csi::VolumeContentSource {
-                    r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: v.clone() })),
+                    r#type: Some(csi::volume_content_source::Type::Volume(
+                        csi::volume_content_source::VolumeSource {
+                            volume_id: v.clone(),
+                        },
+                    )),
                 }),
                 (None, None) => None,
             };
             let accessibility_requirements = node.as_ref().map(|n| {
                 let t = csi::Topology {
-                    segments: BTreeMap::from([("topology.omnidisk.csi.dev/node".to_owned(), n.clone())]),
+                    segments: BTreeMap::from([(
+                        "topology.omnidisk.csi.dev/node".to_owned(),
+                        n.clone(),
+                    )]),
                 };
-                csi::TopologyRequirement { requisite: vec![t.clone()], preferred: vec![t] }
+                csi::TopologyRequirement {
+                    requisite: vec![t.clone()],
+                    preferred: vec![t],
+                }
             });
             let r = c
                 .controller
                 .create_volume(csi::CreateVolumeRequest {
                     name: name.clone(),
-                    capacity_range: Some(csi::CapacityRange { required_bytes: *size, limit_bytes: 0 }),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: *size,
+                        limit_bytes: 0,
+                    }),
                     volume_capabilities: vec![access.capability()],
                     parameters,
                     volume_content_source,
@@ -397,9 +477,15 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
         }
         Command::Delete { volume_id } => {
             c.controller
-                .delete_volume(csi::DeleteVolumeRequest { volume_id: volume_id.clone(), ..Default::default() })
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                })
                 .await?;
-            printed(format!("deleted {volume_id}"), json!({ "deleted": volume_id }))
+            printed(
+                format!("deleted {volume_id}"),
+                json!({ "deleted": volume_id }),
+            )
         }
         Command::List { max } => {
             let mut token = String::new();
@@ -408,13 +494,25 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
             loop {
                 let r = c
                     .controller
-                    .list_volumes(csi::ListVolumesRequest { max_entries: *max, starting_token: token.clone() })
+                    .list_volumes(csi::ListVolumesRequest {
+                        max_entries: *max,
+                        starting_token: token.clone(),
+                    })
                     .await?
                     .into_inner();
                 for e in &r.entries {
                     let v = e.volume.clone().unwrap_or_default();
-                    let nodes = e.status.as_ref().map(|s| s.published_node_ids.clone()).unwrap_or_default();
-                    lines.push(format!("{} {} {}", v.volume_id, v.capacity_bytes, nodes.join(",")));
+                    let nodes = e
+                        .status
+                        .as_ref()
+                        .map(|s| s.published_node_ids.clone())
+                        .unwrap_or_default();
+                    lines.push(format!(
+                        "{} {} {}",
+                        v.volume_id,
+                        v.capacity_bytes,
+                        nodes.join(",")
+                    ));
                     let mut j = volume_json(&v);
                     j["published_node_ids"] = json!(nodes);
                     values.push(j);
@@ -429,18 +527,27 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
         Command::Get { volume_id } => {
             let r = c
                 .controller
-                .controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: volume_id.clone() })
+                .controller_get_volume(csi::ControllerGetVolumeRequest {
+                    volume_id: volume_id.clone(),
+                })
                 .await?
                 .into_inner();
             let v = r.volume.unwrap_or_default();
             let status = r.status.unwrap_or_default();
             let cond = status.volume_condition.unwrap_or_default();
             printed(
-                format!("{} {} abnormal={} {}", v.volume_id, v.capacity_bytes, cond.abnormal, cond.message),
+                format!(
+                    "{} {} abnormal={} {}",
+                    v.volume_id, v.capacity_bytes, cond.abnormal, cond.message
+                ),
                 json!({ "volume": volume_json(&v), "published_node_ids": status.published_node_ids, "abnormal": cond.abnormal, "message": cond.message }),
             )
         }
-        Command::Expand { volume_id, size, block } => {
+        Command::Expand {
+            volume_id,
+            size,
+            block,
+        } => {
             let capability = Access {
                 block: *block,
                 fs_type: None,
@@ -452,7 +559,10 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                 .controller
                 .controller_expand_volume(csi::ControllerExpandVolumeRequest {
                     volume_id: volume_id.clone(),
-                    capacity_range: Some(csi::CapacityRange { required_bytes: *size, limit_bytes: 0 }),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: *size,
+                        limit_bytes: 0,
+                    }),
                     volume_capability: Some(capability),
                     ..Default::default()
                 })
@@ -463,7 +573,13 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                 json!({ "capacity_bytes": r.capacity_bytes, "node_expansion_required": r.node_expansion_required }),
             )
         }
-        Command::Stage { volume_id, staging_path, access, context, publish_context } => {
+        Command::Stage {
+            volume_id,
+            staging_path,
+            access,
+            context,
+            publish_context,
+        } => {
             c.node
                 .node_stage_volume(csi::NodeStageVolumeRequest {
                     volume_id: volume_id.clone(),
@@ -474,18 +590,35 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                     ..Default::default()
                 })
                 .await?;
-            printed(format!("staged {volume_id} at {}", staging_path.display()), json!({ "staged": volume_id }))
+            printed(
+                format!("staged {volume_id} at {}", staging_path.display()),
+                json!({ "staged": volume_id }),
+            )
         }
-        Command::Unstage { volume_id, staging_path } => {
+        Command::Unstage {
+            volume_id,
+            staging_path,
+        } => {
             c.node
                 .node_unstage_volume(csi::NodeUnstageVolumeRequest {
                     volume_id: volume_id.clone(),
                     staging_target_path: path_str(staging_path),
                 })
                 .await?;
-            printed(format!("unstaged {volume_id}"), json!({ "unstaged": volume_id }))
+            printed(
+                format!("unstaged {volume_id}"),
+                json!({ "unstaged": volume_id }),
+            )
         }
-        Command::Publish { volume_id, target, staging_path, readonly, access, context, publish_context } => {
+        Command::Publish {
+            volume_id,
+            target,
+            staging_path,
+            readonly,
+            access,
+            context,
+            publish_context,
+        } => {
             c.node
                 .node_publish_volume(csi::NodePublishVolumeRequest {
                     volume_id: volume_id.clone(),
@@ -498,7 +631,10 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                     ..Default::default()
                 })
                 .await?;
-            printed(format!("published {volume_id} at {}", target.display()), json!({ "published": volume_id }))
+            printed(
+                format!("published {volume_id} at {}", target.display()),
+                json!({ "published": volume_id }),
+            )
         }
         Command::Unpublish { volume_id, target } => {
             c.node
@@ -507,9 +643,18 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                     target_path: path_str(target),
                 })
                 .await?;
-            printed(format!("unpublished {volume_id}"), json!({ "unpublished": volume_id }))
+            printed(
+                format!("unpublished {volume_id}"),
+                json!({ "unpublished": volume_id }),
+            )
         }
-        Command::NodeExpand { volume_id, path, staging_path, size, block } => {
+        Command::NodeExpand {
+            volume_id,
+            path,
+            staging_path,
+            size,
+            block,
+        } => {
             let capability = Access {
                 block: *block,
                 fs_type: None,
@@ -522,14 +667,20 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                 .node_expand_volume(csi::NodeExpandVolumeRequest {
                     volume_id: volume_id.clone(),
                     volume_path: path_str(path),
-                    capacity_range: size.map(|s| csi::CapacityRange { required_bytes: s, limit_bytes: 0 }),
+                    capacity_range: size.map(|s| csi::CapacityRange {
+                        required_bytes: s,
+                        limit_bytes: 0,
+                    }),
                     staging_target_path: staging_path.as_deref().map(path_str).unwrap_or_default(),
                     volume_capability: Some(capability),
                     ..Default::default()
                 })
                 .await?
                 .into_inner();
-            printed(r.capacity_bytes.to_string(), json!({ "capacity_bytes": r.capacity_bytes }))
+            printed(
+                r.capacity_bytes.to_string(),
+                json!({ "capacity_bytes": r.capacity_bytes }),
+            )
         }
         Command::Stats { volume_id, path } => {
             let r = c
@@ -544,13 +695,20 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
             let mut lines = Vec::new();
             let mut usage = Vec::new();
             for u in &r.usage {
-                let unit = csi::volume_usage::Unit::try_from(u.unit).map_or("UNKNOWN", |x| x.as_str_name());
-                lines.push(format!("{unit} total={} used={} available={}", u.total, u.used, u.available));
+                let unit = csi::volume_usage::Unit::try_from(u.unit)
+                    .map_or("UNKNOWN", |x| x.as_str_name());
+                lines.push(format!(
+                    "{unit} total={} used={} available={}",
+                    u.total, u.used, u.available
+                ));
                 usage.push(json!({ "unit": unit, "total": u.total, "used": u.used, "available": u.available }));
             }
             let cond = r.volume_condition.unwrap_or_default();
             lines.push(format!("abnormal={} {}", cond.abnormal, cond.message));
-            printed(lines.join("\n"), json!({ "usage": usage, "abnormal": cond.abnormal, "message": cond.message }))
+            printed(
+                lines.join("\n"),
+                json!({ "usage": usage, "abnormal": cond.abnormal, "message": cond.message }),
+            )
         }
         Command::Snapshot(SnapshotCommand::Create { name, volume }) => {
             let r = c
@@ -567,9 +725,15 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
         }
         Command::Snapshot(SnapshotCommand::Delete { snapshot_id }) => {
             c.controller
-                .delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: snapshot_id.clone(), ..Default::default() })
+                .delete_snapshot(csi::DeleteSnapshotRequest {
+                    snapshot_id: snapshot_id.clone(),
+                    ..Default::default()
+                })
                 .await?;
-            printed(format!("deleted {snapshot_id}"), json!({ "deleted": snapshot_id }))
+            printed(
+                format!("deleted {snapshot_id}"),
+                json!({ "deleted": snapshot_id }),
+            )
         }
         Command::Snapshot(SnapshotCommand::List { volume, max }) => {
             let mut token = String::new();
@@ -588,7 +752,10 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                     .into_inner();
                 for e in &r.entries {
                     let s = e.snapshot.clone().unwrap_or_default();
-                    lines.push(format!("{} {} {} ready={}", s.snapshot_id, s.source_volume_id, s.size_bytes, s.ready_to_use));
+                    lines.push(format!(
+                        "{} {} {} ready={}",
+                        s.snapshot_id, s.source_volume_id, s.size_bytes, s.ready_to_use
+                    ));
                     values.push(snapshot_json(&s));
                 }
                 if r.next_token.is_empty() {
@@ -604,11 +771,18 @@ async fn run(cli: &Cli, mut c: CsiClient) -> Result<Printed, tonic::Status> {
                 parameters.insert("type".to_owned(), i.clone());
             }
             let accessible_topology = node.as_ref().map(|n| csi::Topology {
-                segments: BTreeMap::from([("topology.omnidisk.csi.dev/node".to_owned(), n.clone())]),
+                segments: BTreeMap::from([(
+                    "topology.omnidisk.csi.dev/node".to_owned(),
+                    n.clone(),
+                )]),
             });
             let r = c
                 .controller
-                .get_capacity(csi::GetCapacityRequest { volume_capabilities: vec![], parameters, accessible_topology })
+                .get_capacity(csi::GetCapacityRequest {
+                    volume_capabilities: vec![],
+                    parameters,
+                    accessible_topology,
+                })
                 .await?
                 .into_inner();
             printed(
@@ -629,7 +803,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match tokio::time::timeout(Duration::from_secs(cli.timeout), connect(&path)).await {
+    let client = match tokio::time::timeout(Duration::from_secs(cli.timeout), connect(&path)).await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             eprintln!("error: cannot connect to {}: {e}", path.display());

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use omnidisk_provider_api::types as p;
 use omnidisk_provider_api::ErrorKind;
+use omnidisk_provider_api::types as p;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, capability_in, snapshot_out, topology_in, volume_out};
@@ -13,7 +13,9 @@ use super::{log_request, traced, traced_in, validate};
 use crate::error::{CoreError, CoreResult};
 use crate::generated::csi;
 use crate::generated::csi::controller_server::Controller;
-use crate::generated::csi::controller_service_capability::{Rpc, Type as CapType, rpc::Type as RpcType};
+use crate::generated::csi::controller_service_capability::{
+    Rpc, Type as CapType, rpc::Type as RpcType,
+};
 use crate::ids::{NodeId, ScopedId};
 use crate::mount::format;
 use crate::routing::{Instance, Registry};
@@ -66,7 +68,10 @@ fn take_ci(map: &mut BTreeMap<String, String>, key: &str) -> Option<String> {
     map.remove(&found)
 }
 
-fn provider_err<'a>(instance: &'a Instance, op: &'static str) -> impl FnOnce(omnidisk_provider_api::ProviderError) -> CoreError + 'a {
+fn provider_err<'a>(
+    instance: &'a Instance,
+    op: &'static str,
+) -> impl FnOnce(omnidisk_provider_api::ProviderError) -> CoreError + 'a {
     move |source| CoreError::Provider {
         instance: instance.name.clone(),
         op,
@@ -83,7 +88,9 @@ fn split_token<'a>(registry: &Registry, token: &'a str) -> CoreResult<Option<(&'
         .split_once('/')
         .ok_or_else(|| CoreError::Busy(format!("paging (invalid starting_token {token:?})")))?;
     if registry.get(instance).is_err() {
-        return Err(CoreError::Busy(format!("paging (invalid starting_token {token:?})")));
+        return Err(CoreError::Busy(format!(
+            "paging (invalid starting_token {token:?})"
+        )));
     }
     Ok(Some((instance, rest)))
 }
@@ -144,7 +151,10 @@ impl ControllerService {
             .ok_or_else(|| CoreError::Busy(key.to_owned()))
     }
 
-    async fn create_volume_inner(&self, req: csi::CreateVolumeRequest) -> CoreResult<csi::CreateVolumeResponse> {
+    async fn create_volume_inner(
+        &self,
+        req: csi::CreateVolumeRequest,
+    ) -> CoreResult<csi::CreateVolumeResponse> {
         validate::name("name", &req.name)?;
         validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let (required_bytes, limit_bytes) = validate::capacity_range(req.capacity_range.as_ref())?;
@@ -153,35 +163,58 @@ impl ControllerService {
         self.check_served(instance)?;
         for (i, c) in req.volume_capabilities.iter().enumerate() {
             if let Some(why) = validate::unsupported_by(&instance.info, c) {
-                return Err(CoreError::InvalidArgument(format!("volume_capabilities[{i}]: {why}")));
+                return Err(CoreError::InvalidArgument(format!(
+                    "volume_capabilities[{i}]: {why}"
+                )));
             }
         }
-        let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+        let source = match req
+            .volume_content_source
+            .as_ref()
+            .and_then(|s| s.r#type.as_ref())
+        {
             None => None,
             Some(csi::volume_content_source::Type::Snapshot(s)) => {
-                let id = validate::existing_id("snapshot", "volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
+                let id = validate::existing_id(
+                    "snapshot",
+                    "volume_content_source.snapshot.snapshot_id",
+                    &s.snapshot_id,
+                )?;
                 if !instance.info.snapshots {
-                    return Err(CoreError::InvalidArgument(format!(
+                    return Err(CoreError::Unimplemented(format!(
                         "provider instance {} cannot restore snapshots",
                         instance.name
                     )));
                 }
                 same_instance(instance, &id, "snapshot")?;
-                Some(p::create_volume_request::Source::SourceSnapshotId(id.local().to_owned()))
+                Some(p::create_volume_request::Source::SourceSnapshotId(
+                    id.local().to_owned(),
+                ))
             }
             Some(csi::volume_content_source::Type::Volume(v)) => {
-                let id = validate::existing_id("volume", "volume_content_source.volume.volume_id", &v.volume_id)?;
+                let id = validate::existing_id(
+                    "volume",
+                    "volume_content_source.volume.volume_id",
+                    &v.volume_id,
+                )?;
                 if !instance.info.clone {
-                    return Err(CoreError::InvalidArgument(format!(
+                    return Err(CoreError::Unimplemented(format!(
                         "provider instance {} cannot clone volumes",
                         instance.name
                     )));
                 }
                 same_instance(instance, &id, "volume")?;
-                Some(p::create_volume_request::Source::SourceVolumeId(id.local().to_owned()))
+                Some(p::create_volume_request::Source::SourceVolumeId(
+                    id.local().to_owned(),
+                ))
             }
         };
-        let required_bytes = fit_filesystem(required_bytes, limit_bytes, &req.volume_capabilities, &split.node_context)?;
+        let required_bytes = fit_filesystem(
+            required_bytes,
+            limit_bytes,
+            &req.volume_capabilities,
+            &split.node_context,
+        )?;
         let requirements = req.accessibility_requirements.as_ref();
         let _guard = self.guard(&format!("create-volume/{}", req.name))?;
         let created = instance
@@ -192,8 +225,10 @@ impl ControllerService {
                 limit_bytes,
                 parameters: split.provider,
                 source,
-                requisite: requirements.map_or_else(Vec::new, |r| r.requisite.iter().map(topology_in).collect()),
-                preferred: requirements.map_or_else(Vec::new, |r| r.preferred.iter().map(topology_in).collect()),
+                requisite: requirements
+                    .map_or_else(Vec::new, |r| r.requisite.iter().map(topology_in).collect()),
+                preferred: requirements
+                    .map_or_else(Vec::new, |r| r.preferred.iter().map(topology_in).collect()),
                 capabilities: req.volume_capabilities.iter().map(capability_in).collect(),
                 mutable_parameters: req.mutable_parameters.clone(),
             })
@@ -212,7 +247,9 @@ impl ControllerService {
                 // leave it behind.
                 let cleanup = instance
                     .provider
-                    .delete_volume(p::VolumeRef { volume_id: created.id.clone() })
+                    .delete_volume(p::VolumeRef {
+                        volume_id: created.id.clone(),
+                    })
                     .await;
                 if let Err(e) = cleanup {
                     tracing::error!(volume = %created.id, error = %e.full_message(), "cleanup after unusable ID failed");
@@ -220,10 +257,15 @@ impl ControllerService {
                 return Err(err);
             }
         };
-        Ok(csi::CreateVolumeResponse { volume: Some(volume) })
+        Ok(csi::CreateVolumeResponse {
+            volume: Some(volume),
+        })
     }
 
-    async fn delete_volume_inner(&self, req: csi::DeleteVolumeRequest) -> CoreResult<csi::DeleteVolumeResponse> {
+    async fn delete_volume_inner(
+        &self,
+        req: csi::DeleteVolumeRequest,
+    ) -> CoreResult<csi::DeleteVolumeResponse> {
         validate::required("volume_id", &req.volume_id)?;
         let Ok(id) = ScopedId::parse(&req.volume_id) else {
             // No volume can have an ID this driver never issues.
@@ -235,17 +277,29 @@ impl ControllerService {
         })?;
         self.check_served(instance)?;
         let _guard = self.guard(&req.volume_id)?;
-        match instance.provider.delete_volume(p::VolumeRef { volume_id: id.local().to_owned() }).await {
+        match instance
+            .provider
+            .delete_volume(p::VolumeRef {
+                volume_id: id.local().to_owned(),
+            })
+            .await
+        {
             Ok(()) => Ok(csi::DeleteVolumeResponse {}),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(csi::DeleteVolumeResponse {}),
             Err(e) => Err(provider_err(instance, "delete volume")(e)),
         }
     }
 
-    async fn publish_inner(&self, req: csi::ControllerPublishVolumeRequest) -> CoreResult<csi::ControllerPublishVolumeResponse> {
+    async fn publish_inner(
+        &self,
+        req: csi::ControllerPublishVolumeRequest,
+    ) -> CoreResult<csi::ControllerPublishVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         validate::required("node_id", &req.node_id)?;
-        let capability = req.volume_capability.as_ref().ok_or_else(|| CoreError::missing("volume_capability"))?;
+        let capability = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| CoreError::missing("volume_capability"))?;
         validate::capability("volume_capability", capability)?;
         let instance = self.driver.registry.for_id(&id)?;
         if !instance.info.attach_required {
@@ -255,7 +309,9 @@ impl ControllerService {
         }
         self.check_served(instance)?;
         if let Some(why) = validate::unsupported_by(&instance.info, capability) {
-            return Err(CoreError::InvalidArgument(format!("volume_capability: {why}")));
+            return Err(CoreError::InvalidArgument(format!(
+                "volume_capability: {why}"
+            )));
         }
         let node = node_for(&req.node_id, instance)?;
         let _guard = self.guard(&req.volume_id)?;
@@ -271,10 +327,15 @@ impl ControllerService {
             })
             .await
             .map_err(provider_err(instance, "attach volume"))?;
-        Ok(csi::ControllerPublishVolumeResponse { publish_context: resp.publish_context })
+        Ok(csi::ControllerPublishVolumeResponse {
+            publish_context: resp.publish_context,
+        })
     }
 
-    async fn unpublish_inner(&self, req: csi::ControllerUnpublishVolumeRequest) -> CoreResult<csi::ControllerUnpublishVolumeResponse> {
+    async fn unpublish_inner(
+        &self,
+        req: csi::ControllerUnpublishVolumeRequest,
+    ) -> CoreResult<csi::ControllerUnpublishVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let instance = self.driver.registry.for_id(&id)?;
         if !instance.info.attach_required {
@@ -289,19 +350,27 @@ impl ControllerService {
         let _guard = self.guard(&req.volume_id)?;
         instance
             .provider
-            .detach_volume(p::DetachRequest { volume_id: id.local().to_owned(), node_id: node })
+            .detach_volume(p::DetachRequest {
+                volume_id: id.local().to_owned(),
+                node_id: node,
+            })
             .await
             .map_err(provider_err(instance, "detach volume"))?;
         Ok(csi::ControllerUnpublishVolumeResponse {})
     }
 
-    async fn validate_inner(&self, req: csi::ValidateVolumeCapabilitiesRequest) -> CoreResult<csi::ValidateVolumeCapabilitiesResponse> {
+    async fn validate_inner(
+        &self,
+        req: csi::ValidateVolumeCapabilitiesRequest,
+    ) -> CoreResult<csi::ValidateVolumeCapabilitiesResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let instance = self.owner(&id)?;
         instance
             .provider
-            .get_volume(p::VolumeRef { volume_id: id.local().to_owned() })
+            .get_volume(p::VolumeRef {
+                volume_id: id.local().to_owned(),
+            })
             .await
             .map_err(provider_err(instance, "get volume"))?;
         if let Some(why) = req
@@ -309,7 +378,10 @@ impl ControllerService {
             .iter()
             .find_map(|c| validate::unsupported_by(&instance.info, c))
         {
-            return Ok(csi::ValidateVolumeCapabilitiesResponse { confirmed: None, message: why });
+            return Ok(csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: why,
+            });
         }
         Ok(csi::ValidateVolumeCapabilitiesResponse {
             confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
@@ -322,9 +394,14 @@ impl ControllerService {
         })
     }
 
-    async fn list_volumes_inner(&self, req: csi::ListVolumesRequest) -> CoreResult<csi::ListVolumesResponse> {
+    async fn list_volumes_inner(
+        &self,
+        req: csi::ListVolumesRequest,
+    ) -> CoreResult<csi::ListVolumesResponse> {
         if req.max_entries < 0 {
-            return Err(CoreError::InvalidArgument("max_entries must not be negative".into()));
+            return Err(CoreError::InvalidArgument(
+                "max_entries must not be negative".into(),
+            ));
         }
         let instances: Vec<&Instance> = self.served().filter(|i| i.info.list_volumes).collect();
         let start = split_token(&self.driver.registry, &req.starting_token)?;
@@ -342,17 +419,26 @@ impl ControllerService {
                     token = t.to_owned();
                 }
             }
-            let remaining = if req.max_entries == 0 { 0 } else { req.max_entries - entries.len() as i32 };
+            let remaining = if req.max_entries == 0 {
+                0
+            } else {
+                req.max_entries - entries.len() as i32
+            };
             let page = instance
                 .provider
-                .list_volumes(p::ListRequest { max_entries: remaining, starting_token: token })
+                .list_volumes(p::ListRequest {
+                    max_entries: remaining,
+                    starting_token: token,
+                })
                 .await
                 .map_err(|e| match e.kind() {
                     ErrorKind::Aborted => CoreError::Busy(format!("paging: {}", e.message())),
                     _ => provider_err(instance, "list volumes")(e),
                 })?;
             for status in page.entries {
-                let Some(volume) = status.volume else { continue };
+                let Some(volume) = status.volume else {
+                    continue;
+                };
                 entries.push(csi::list_volumes_response::Entry {
                     volume: Some(volume_out(&instance.name, &volume, &BTreeMap::new())?),
                     status: Some(csi::list_volumes_response::VolumeStatus {
@@ -377,12 +463,21 @@ impl ControllerService {
             }
         }
         if !started {
-            return Err(CoreError::Busy(format!("paging (invalid starting_token {:?})", req.starting_token)));
+            return Err(CoreError::Busy(format!(
+                "paging (invalid starting_token {:?})",
+                req.starting_token
+            )));
         }
-        Ok(csi::ListVolumesResponse { entries, next_token })
+        Ok(csi::ListVolumesResponse {
+            entries,
+            next_token,
+        })
     }
 
-    async fn get_capacity_inner(&self, req: csi::GetCapacityRequest) -> CoreResult<csi::GetCapacityResponse> {
+    async fn get_capacity_inner(
+        &self,
+        req: csi::GetCapacityRequest,
+    ) -> CoreResult<csi::GetCapacityResponse> {
         for (i, c) in req.volume_capabilities.iter().enumerate() {
             validate::capability(&format!("volume_capabilities[{i}]"), c)?;
         }
@@ -395,7 +490,11 @@ impl ControllerService {
                 instance.name
             )));
         }
-        if req.volume_capabilities.iter().any(|c| validate::unsupported_by(&instance.info, c).is_some()) {
+        if req
+            .volume_capabilities
+            .iter()
+            .any(|c| validate::unsupported_by(&instance.info, c).is_some())
+        {
             return Ok(csi::GetCapacityResponse::default());
         }
         let resp = instance
@@ -417,11 +516,19 @@ impl ControllerService {
     fn capabilities(&self) -> Vec<RpcType> {
         let served: Vec<&Instance> = self.served().collect();
         let any = |f: fn(&p::ProviderInfo) -> bool| served.iter().any(|i| f(&i.info));
-        let all = |f: fn(&p::ProviderInfo) -> bool| !served.is_empty() && served.iter().all(|i| f(&i.info));
-        let mut caps = vec![RpcType::CreateDeleteVolume, RpcType::GetVolume, RpcType::VolumeCondition];
+        let all = |f: fn(&p::ProviderInfo) -> bool| {
+            !served.is_empty() && served.iter().all(|i| f(&i.info))
+        };
+        let mut caps = vec![
+            RpcType::CreateDeleteVolume,
+            RpcType::GetVolume,
+            RpcType::VolumeCondition,
+        ];
         // Attachment is a per-driver setting: the attacher calls every
         // volume once any instance needs it (no-op for local volumes).
-        if self.driver.registry.iter().any(|i| i.info.attach_required) && self.driver.mode != Mode::Node {
+        if self.driver.registry.iter().any(|i| i.info.attach_required)
+            && self.driver.mode != Mode::Node
+        {
             caps.push(RpcType::PublishUnpublishVolume);
         }
         if all(|i| i.list_volumes) {
@@ -434,7 +541,11 @@ impl ControllerService {
             caps.push(RpcType::GetCapacity);
         }
         if any(|i| i.snapshots) {
-            caps.extend([RpcType::CreateDeleteSnapshot, RpcType::ListSnapshots, RpcType::GetSnapshot]);
+            caps.extend([
+                RpcType::CreateDeleteSnapshot,
+                RpcType::ListSnapshots,
+                RpcType::GetSnapshot,
+            ]);
         }
         if any(|i| i.clone) {
             caps.push(RpcType::CloneVolume);
@@ -445,13 +556,19 @@ impl ControllerService {
         if any(|i| i.modify) {
             caps.push(RpcType::ModifyVolume);
         }
-        if any(|i| i.access_modes.contains(&(p::AccessMode::SingleNodeMultiWriter as i32))) {
+        if any(|i| {
+            i.access_modes
+                .contains(&(p::AccessMode::SingleNodeMultiWriter as i32))
+        }) {
             caps.push(RpcType::SingleNodeMultiWriter);
         }
         caps
     }
 
-    async fn create_snapshot_inner(&self, req: csi::CreateSnapshotRequest) -> CoreResult<csi::CreateSnapshotResponse> {
+    async fn create_snapshot_inner(
+        &self,
+        req: csi::CreateSnapshotRequest,
+    ) -> CoreResult<csi::CreateSnapshotResponse> {
         validate::name("name", &req.name)?;
         let source = validate::existing_id("volume", "source_volume_id", &req.source_volume_id)?;
         let instance = self.owner(&source)?;
@@ -471,10 +588,15 @@ impl ControllerService {
             })
             .await
             .map_err(provider_err(instance, "create snapshot"))?;
-        Ok(csi::CreateSnapshotResponse { snapshot: Some(snapshot_out(&instance.name, &snap)?) })
+        Ok(csi::CreateSnapshotResponse {
+            snapshot: Some(snapshot_out(&instance.name, &snap)?),
+        })
     }
 
-    async fn delete_snapshot_inner(&self, req: csi::DeleteSnapshotRequest) -> CoreResult<csi::DeleteSnapshotResponse> {
+    async fn delete_snapshot_inner(
+        &self,
+        req: csi::DeleteSnapshotRequest,
+    ) -> CoreResult<csi::DeleteSnapshotResponse> {
         validate::required("snapshot_id", &req.snapshot_id)?;
         let Ok(id) = ScopedId::parse(&req.snapshot_id) else {
             return Ok(csi::DeleteSnapshotResponse {});
@@ -484,22 +606,36 @@ impl ControllerService {
         })?;
         self.check_served(instance)?;
         let _guard = self.guard(&req.snapshot_id)?;
-        match instance.provider.delete_snapshot(p::SnapshotRef { snapshot_id: id.local().to_owned() }).await {
+        match instance
+            .provider
+            .delete_snapshot(p::SnapshotRef {
+                snapshot_id: id.local().to_owned(),
+            })
+            .await
+        {
             Ok(()) => Ok(csi::DeleteSnapshotResponse {}),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(csi::DeleteSnapshotResponse {}),
             Err(e) => Err(provider_err(instance, "delete snapshot")(e)),
         }
     }
 
-    async fn list_snapshots_inner(&self, req: csi::ListSnapshotsRequest) -> CoreResult<csi::ListSnapshotsResponse> {
+    async fn list_snapshots_inner(
+        &self,
+        req: csi::ListSnapshotsRequest,
+    ) -> CoreResult<csi::ListSnapshotsResponse> {
         if req.max_entries < 0 {
-            return Err(CoreError::InvalidArgument("max_entries must not be negative".into()));
+            return Err(CoreError::InvalidArgument(
+                "max_entries must not be negative".into(),
+            ));
         }
         // A filter naming something this driver never issued matches nothing.
         let mut only: Option<String> = None;
         let mut snapshot_filter = String::new();
         let mut volume_filter = String::new();
-        for (raw, filter) in [(&req.snapshot_id, &mut snapshot_filter), (&req.source_volume_id, &mut volume_filter)] {
+        for (raw, filter) in [
+            (&req.snapshot_id, &mut snapshot_filter),
+            (&req.source_volume_id, &mut volume_filter),
+        ] {
             if raw.is_empty() {
                 continue;
             }
@@ -532,7 +668,11 @@ impl ControllerService {
                     token = t.to_owned();
                 }
             }
-            let remaining = if req.max_entries == 0 { 0 } else { req.max_entries - entries.len() as i32 };
+            let remaining = if req.max_entries == 0 {
+                0
+            } else {
+                req.max_entries - entries.len() as i32
+            };
             let page = match instance
                 .provider
                 .list_snapshots(p::ListSnapshotsRequest {
@@ -567,25 +707,44 @@ impl ControllerService {
             }
         }
         if !started {
-            return Err(CoreError::Busy(format!("paging (invalid starting_token {:?})", req.starting_token)));
+            return Err(CoreError::Busy(format!(
+                "paging (invalid starting_token {:?})",
+                req.starting_token
+            )));
         }
-        Ok(csi::ListSnapshotsResponse { entries, next_token })
+        Ok(csi::ListSnapshotsResponse {
+            entries,
+            next_token,
+        })
     }
 
-    async fn get_snapshot_inner(&self, req: csi::GetSnapshotRequest) -> CoreResult<csi::GetSnapshotResponse> {
+    async fn get_snapshot_inner(
+        &self,
+        req: csi::GetSnapshotRequest,
+    ) -> CoreResult<csi::GetSnapshotResponse> {
         let id = validate::existing_id("snapshot", "snapshot_id", &req.snapshot_id)?;
         let instance = self.owner(&id)?;
         let snap = instance
             .provider
-            .get_snapshot(p::SnapshotRef { snapshot_id: id.local().to_owned() })
+            .get_snapshot(p::SnapshotRef {
+                snapshot_id: id.local().to_owned(),
+            })
             .await
             .map_err(provider_err(instance, "get snapshot"))?;
-        Ok(csi::GetSnapshotResponse { snapshot: Some(snapshot_out(&instance.name, &snap)?) })
+        Ok(csi::GetSnapshotResponse {
+            snapshot: Some(snapshot_out(&instance.name, &snap)?),
+        })
     }
 
-    async fn expand_inner(&self, req: csi::ControllerExpandVolumeRequest) -> CoreResult<csi::ControllerExpandVolumeResponse> {
+    async fn expand_inner(
+        &self,
+        req: csi::ControllerExpandVolumeRequest,
+    ) -> CoreResult<csi::ControllerExpandVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
-        let range = req.capacity_range.as_ref().ok_or_else(|| CoreError::missing("capacity_range"))?;
+        let range = req
+            .capacity_range
+            .as_ref()
+            .ok_or_else(|| CoreError::missing("capacity_range"))?;
         let (required_bytes, limit_bytes) = validate::capacity_range(Some(range))?;
         if let Some(c) = &req.volume_capability {
             validate::capability("volume_capability", c)?;
@@ -608,19 +767,27 @@ impl ControllerService {
             })
             .await
             .map_err(provider_err(instance, "expand volume"))?;
-        let block = req.volume_capability.as_ref().is_some_and(convert::is_block);
+        let block = req
+            .volume_capability
+            .as_ref()
+            .is_some_and(convert::is_block);
         Ok(csi::ControllerExpandVolumeResponse {
             capacity_bytes: resp.capacity_bytes,
             node_expansion_required: resp.node_expansion_required && !block,
         })
     }
 
-    async fn get_volume_inner(&self, req: csi::ControllerGetVolumeRequest) -> CoreResult<csi::ControllerGetVolumeResponse> {
+    async fn get_volume_inner(
+        &self,
+        req: csi::ControllerGetVolumeRequest,
+    ) -> CoreResult<csi::ControllerGetVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let instance = self.owner(&id)?;
         let status = instance
             .provider
-            .get_volume(p::VolumeRef { volume_id: id.local().to_owned() })
+            .get_volume(p::VolumeRef {
+                volume_id: id.local().to_owned(),
+            })
             .await
             .map_err(provider_err(instance, "get volume"))?;
         let volume = status
@@ -640,7 +807,10 @@ impl ControllerService {
         })
     }
 
-    async fn modify_inner(&self, req: csi::ControllerModifyVolumeRequest) -> CoreResult<csi::ControllerModifyVolumeResponse> {
+    async fn modify_inner(
+        &self,
+        req: csi::ControllerModifyVolumeRequest,
+    ) -> CoreResult<csi::ControllerModifyVolumeResponse> {
         let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         if req.mutable_parameters.is_empty() {
             return Err(CoreError::missing("mutable_parameters"));
@@ -677,8 +847,12 @@ fn fit_filesystem(
     node_context: &BTreeMap<String, String>,
 ) -> CoreResult<i64> {
     let fs_of = |c: &csi::VolumeCapability| match &c.access_type {
-        Some(csi::volume_capability::AccessType::Mount(m)) if !m.fs_type.is_empty() => Some(m.fs_type.clone()),
-        Some(csi::volume_capability::AccessType::Mount(_)) => node_context.get(FS_TYPE_PARAM).cloned(),
+        Some(csi::volume_capability::AccessType::Mount(m)) if !m.fs_type.is_empty() => {
+            Some(m.fs_type.clone())
+        }
+        Some(csi::volume_capability::AccessType::Mount(_)) => {
+            node_context.get(FS_TYPE_PARAM).cloned()
+        }
         _ => None,
     };
     if !caps.iter().filter_map(fs_of).any(|fs| fs == "xfs") || required >= XFS_MIN_BYTES {
@@ -726,45 +900,87 @@ macro_rules! rpc {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    async fn create_volume(&self, request: Request<csi::CreateVolumeRequest>) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
         log_request(&req);
         let name = req.name.clone();
         let instance = self.type_label(&req.parameters);
-        traced_in("CreateVolume", &name, &instance, self.create_volume_inner(req)).await
+        traced_in(
+            "CreateVolume",
+            &name,
+            &instance,
+            self.create_volume_inner(req),
+        )
+        .await
     }
 
-    async fn delete_volume(&self, request: Request<csi::DeleteVolumeRequest>) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        rpc!(self, request, "DeleteVolume", volume_id, delete_volume_inner)
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        rpc!(
+            self,
+            request,
+            "DeleteVolume",
+            volume_id,
+            delete_volume_inner
+        )
     }
 
     async fn controller_publish_volume(
         &self,
         request: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        rpc!(self, request, "ControllerPublishVolume", volume_id, publish_inner)
+        rpc!(
+            self,
+            request,
+            "ControllerPublishVolume",
+            volume_id,
+            publish_inner
+        )
     }
 
     async fn controller_unpublish_volume(
         &self,
         request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        rpc!(self, request, "ControllerUnpublishVolume", volume_id, unpublish_inner)
+        rpc!(
+            self,
+            request,
+            "ControllerUnpublishVolume",
+            volume_id,
+            unpublish_inner
+        )
     }
 
     async fn validate_volume_capabilities(
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        rpc!(self, request, "ValidateVolumeCapabilities", volume_id, validate_inner)
+        rpc!(
+            self,
+            request,
+            "ValidateVolumeCapabilities",
+            volume_id,
+            validate_inner
+        )
     }
 
-    async fn list_volumes(&self, request: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let req = request.into_inner();
         traced("ListVolumes", "", self.list_volumes_inner(req)).await
     }
 
-    async fn get_capacity(&self, request: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
+    async fn get_capacity(
+        &self,
+        request: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let req = request.into_inner();
         let instance = self.type_label(&req.parameters);
         traced_in("GetCapacity", "", &instance, self.get_capacity_inner(req)).await
@@ -781,30 +997,74 @@ impl Controller for ControllerService {
                 r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })),
             })
             .collect();
-        Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
-    async fn create_snapshot(&self, request: Request<csi::CreateSnapshotRequest>) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        rpc!(self, request, "CreateSnapshot", source_volume_id, create_snapshot_inner)
+    async fn create_snapshot(
+        &self,
+        request: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        rpc!(
+            self,
+            request,
+            "CreateSnapshot",
+            source_volume_id,
+            create_snapshot_inner
+        )
     }
 
-    async fn delete_snapshot(&self, request: Request<csi::DeleteSnapshotRequest>) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        rpc!(self, request, "DeleteSnapshot", snapshot_id, delete_snapshot_inner)
+    async fn delete_snapshot(
+        &self,
+        request: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        rpc!(
+            self,
+            request,
+            "DeleteSnapshot",
+            snapshot_id,
+            delete_snapshot_inner
+        )
     }
 
-    async fn list_snapshots(&self, request: Request<csi::ListSnapshotsRequest>) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        rpc!(self, request, "ListSnapshots", snapshot_id, list_snapshots_inner)
+    async fn list_snapshots(
+        &self,
+        request: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        rpc!(
+            self,
+            request,
+            "ListSnapshots",
+            snapshot_id,
+            list_snapshots_inner
+        )
     }
 
-    async fn get_snapshot(&self, request: Request<csi::GetSnapshotRequest>) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        rpc!(self, request, "GetSnapshot", snapshot_id, get_snapshot_inner)
+    async fn get_snapshot(
+        &self,
+        request: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        rpc!(
+            self,
+            request,
+            "GetSnapshot",
+            snapshot_id,
+            get_snapshot_inner
+        )
     }
 
     async fn controller_expand_volume(
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        rpc!(self, request, "ControllerExpandVolume", volume_id, expand_inner)
+        rpc!(
+            self,
+            request,
+            "ControllerExpandVolume",
+            volume_id,
+            expand_inner
+        )
     }
 
     async fn controller_get_volume(
@@ -820,7 +1080,13 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        rpc!(self, request, "ControllerModifyVolume", volume_id, modify_inner)
+        rpc!(
+            self,
+            request,
+            "ControllerModifyVolume",
+            volume_id,
+            modify_inner
+        )
     }
 }
 
@@ -837,7 +1103,10 @@ mod tests {
         ]);
         let split = split_params(&params).unwrap();
         assert_eq!(split.instance.as_deref(), Some("fast"));
-        assert_eq!(split.node_context.get("fsType").map(String::as_str), Some("xfs"));
+        assert_eq!(
+            split.node_context.get("fsType").map(String::as_str),
+            Some("xfs")
+        );
         assert_eq!(split.provider.len(), 1);
         assert!(split.provider.contains_key("thin"));
 
@@ -849,14 +1118,26 @@ mod tests {
     fn xfs_volumes_get_at_least_the_xfs_minimum() {
         use csi::volume_capability::{AccessMode, AccessType, MountVolume};
         let cap = |fs: &str| csi::VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                ..Default::default()
+            })),
             access_mode: Some(AccessMode { mode: 1 }),
         };
         let none = BTreeMap::new();
-        assert_eq!(fit_filesystem(64 << 20, 0, &[cap("xfs")], &none).unwrap(), XFS_MIN_BYTES);
-        assert_eq!(fit_filesystem(64 << 20, 0, &[cap("ext4")], &none).unwrap(), 64 << 20);
+        assert_eq!(
+            fit_filesystem(64 << 20, 0, &[cap("xfs")], &none).unwrap(),
+            XFS_MIN_BYTES
+        );
+        assert_eq!(
+            fit_filesystem(64 << 20, 0, &[cap("ext4")], &none).unwrap(),
+            64 << 20
+        );
         let ctx = BTreeMap::from([(FS_TYPE_PARAM.to_string(), "xfs".to_string())]);
-        assert_eq!(fit_filesystem(1, 0, &[cap("")], &ctx).unwrap(), XFS_MIN_BYTES);
+        assert_eq!(
+            fit_filesystem(1, 0, &[cap("")], &ctx).unwrap(),
+            XFS_MIN_BYTES
+        );
         let err = fit_filesystem(1, 100 << 20, &[cap("xfs")], &none).unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange);
     }

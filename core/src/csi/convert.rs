@@ -38,7 +38,8 @@ pub fn capability_in(c: &csi::VolumeCapability) -> p::Capability {
         access_mode: c
             .access_mode
             .as_ref()
-            .map_or(p::AccessMode::Unspecified, |m| access_mode_in(m.mode)) as i32,
+            .map_or(p::AccessMode::Unspecified, |m| access_mode_in(m.mode))
+            as i32,
         fs_type,
     }
 }
@@ -131,7 +132,10 @@ mod tests {
         let extra = BTreeMap::from([("fsType".to_string(), "xfs".to_string())]);
         let out = volume_out("lvm", &v, &extra).unwrap();
         assert_eq!(out.volume_id, "v1.lvm.lv-1");
-        assert_eq!(out.volume_context.get("fsType").map(String::as_str), Some("xfs"));
+        assert_eq!(
+            out.volume_context.get("fsType").map(String::as_str),
+            Some("xfs")
+        );
         assert_eq!(out.volume_context.get("a").map(String::as_str), Some("1"));
         match out.content_source.and_then(|s| s.r#type) {
             Some(csi::volume_content_source::Type::Snapshot(s)) => {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::generated::csi::identity_server::Identity;
-use crate::generated::csi::plugin_capability::{Service, Type, VolumeExpansion, service, volume_expansion};
+use crate::generated::csi::plugin_capability::{
+    Service, Type, VolumeExpansion, service, volume_expansion,
+};
 use crate::generated::csi::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
@@ -26,7 +28,9 @@ impl IdentityService {
 
 fn service(kind: service::Type) -> PluginCapability {
     PluginCapability {
-        r#type: Some(Type::Service(Service { r#type: kind as i32 })),
+        r#type: Some(Type::Service(Service {
+            r#type: kind as i32,
+        })),
     }
 }
 
@@ -65,10 +69,15 @@ impl Identity for IdentityService {
                 })),
             });
         }
-        Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
-    async fn probe(&self, _request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+    async fn probe(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
         Ok(Response::new(ProbeResponse {
             ready: Some(self.driver.is_ready()),
         }))

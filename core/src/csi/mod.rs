@@ -18,7 +18,11 @@ use crate::error::CoreError;
 /// (or snapshot) ID, logs the outcome with its gRPC code and duration,
 /// records it in the metrics, and converts the error into a status: the only
 /// way handlers produce one. The instance label comes from the ID.
-pub async fn traced<T, F>(method: &'static str, object_id: &str, handler: F) -> Result<Response<T>, Status>
+pub async fn traced<T, F>(
+    method: &'static str,
+    object_id: &str,
+    handler: F,
+) -> Result<Response<T>, Status>
 where
     F: Future<Output = Result<T, CoreError>>,
 {

@@ -171,6 +171,15 @@ impl NodeService {
         F: FnOnce(&dyn Mounter) -> Result<T, MountError> + Send + 'static,
     {
         let mounter = self.driver.mounter.clone();
+        // Mount-table reads and mount syscalls are short but blocking. On the
+        // multi-threaded runtime run them in place (the runtime hands this
+        // worker's other tasks to another thread meanwhile), which saves a
+        // thread hand-off per step; elsewhere use the blocking pool.
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(move || work(mounter.as_ref()));
+        }
         tokio::task::spawn_blocking(move || work(mounter.as_ref()))
             .await
             .map_err(|e| MountError::TaskFailed(e.to_string()))?
@@ -474,17 +483,20 @@ impl NodeService {
                 staged.device
             )));
         }
-        tokio::fs::create_dir_all(target)
-            .await
-            .map_err(io_err(format!("creating {}", target.display())))?;
         let (src, tgt) = (staging.clone(), target.to_path_buf());
-        self.host(move |m| m.bind_mount(&src, &tgt, read_only))
-            .await
-            .map_err(host_err(format!(
-                "bind-mounting {} on {}",
-                staging.display(),
-                target.display()
-            )))
+        self.host(move |m| {
+            std::fs::create_dir_all(&tgt).map_err(|source| MountError::CreateMountPoint {
+                path: tgt.clone(),
+                source,
+            })?;
+            m.bind_mount(&src, &tgt, read_only)
+        })
+        .await
+        .map_err(host_err(format!(
+            "bind-mounting {} on {}",
+            staging.display(),
+            target.display()
+        )))
     }
 
     async fn publish_block(

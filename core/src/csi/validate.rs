@@ -48,7 +48,11 @@ pub fn capability(field: &str, c: &csi::VolumeCapability) -> CoreResult<()> {
                     SUPPORTED_FS_TYPES.join(", ")
                 )));
             }
-            if let Some(flag) = m.mount_flags.iter().find(|f| f.chars().any(char::is_control)) {
+            if let Some(flag) = m
+                .mount_flags
+                .iter()
+                .find(|f| f.chars().any(char::is_control))
+            {
                 return Err(CoreError::InvalidArgument(format!(
                     "{field}.mount.mount_flags contains an invalid flag {flag:?}"
                 )));
@@ -86,7 +90,10 @@ pub fn unsupported_by(info: &ProviderInfo, c: &csi::VolumeCapability) -> Option<
     let mode = c.access_mode.as_ref().map_or(0, |m| m.mode);
     if !info.access_modes.contains(&mode) {
         let name = Mode::try_from(mode).map_or("unknown", |m| m.as_str_name());
-        return Some(format!("{} volumes do not support access mode {name}", info.kind));
+        return Some(format!(
+            "{} volumes do not support access mode {name}",
+            info.kind
+        ));
     }
     None
 }
@@ -151,11 +158,20 @@ mod tests {
     #[test]
     fn capacity_ranges_are_checked() {
         assert_eq!(capacity_range(None).unwrap(), (0, 0));
-        let r = csi::CapacityRange { required_bytes: 10, limit_bytes: 5 };
+        let r = csi::CapacityRange {
+            required_bytes: 10,
+            limit_bytes: 5,
+        };
         assert!(capacity_range(Some(&r)).is_err());
-        let r = csi::CapacityRange { required_bytes: -1, limit_bytes: 0 };
+        let r = csi::CapacityRange {
+            required_bytes: -1,
+            limit_bytes: 0,
+        };
         assert!(capacity_range(Some(&r)).is_err());
-        let r = csi::CapacityRange { required_bytes: 10, limit_bytes: 0 };
+        let r = csi::CapacityRange {
+            required_bytes: 10,
+            limit_bytes: 0,
+        };
         assert_eq!(capacity_range(Some(&r)).unwrap(), (10, 0));
     }
 

@@ -271,6 +271,15 @@ pub enum MountError {
     /// The format options do not apply to this filesystem.
     #[error("{0}")]
     InvalidFormatOptions(String),
+    /// A mount point directory could not be created.
+    #[error("cannot create mount point {path}")]
+    CreateMountPoint {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A blocking task died (a bug or a panic in the mounter).
     #[error("the mount task did not finish: {0}")]
     TaskFailed(String),
@@ -286,7 +295,8 @@ impl MountError {
             | MountError::Spawn { source, .. }
             | MountError::Mount { source, .. }
             | MountError::Bind { source, .. }
-            | MountError::Unmount { source, .. } => source.kind(),
+            | MountError::Unmount { source, .. }
+            | MountError::CreateMountPoint { source, .. } => source.kind(),
             MountError::InvalidMountOption(_)
             | MountError::UnsupportedFilesystem(_)
             | MountError::InvalidFormatOptions(_) => io::ErrorKind::InvalidInput,

@@ -29,7 +29,12 @@ pub struct Harness {
 impl Harness {
     /// The fake behind instance `name`.
     pub fn fake(&self, name: &str) -> &FakeProvider {
-        &self.fakes.iter().find(|(n, _)| n == name).expect("no such fake").1
+        &self
+            .fakes
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("no such fake")
+            .1
     }
 
     /// Stops the server and waits for it.
@@ -58,7 +63,13 @@ pub async fn start(mode: Mode, instances: &[(&str, FakeSettings)]) -> Harness {
         state_dir: dir.path().join("state"),
         ..NodeSettings::default()
     };
-    let driver = Arc::new(Driver::new(registry, "node-1".into(), mode, node, mounter.clone()));
+    let driver = Arc::new(Driver::new(
+        registry,
+        "node-1".into(),
+        mode,
+        node,
+        mounter.clone(),
+    ));
     let socket = dir.path().join("csi.sock");
     let listener = server::bind_socket(&socket).expect("bind");
     driver.set_ready();

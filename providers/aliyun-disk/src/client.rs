@@ -349,6 +349,7 @@ enum Repeat {
 
 /// The HTTP client.
 pub struct HttpEcsClient {
+    instance: String,
     http: reqwest::Client,
     endpoint: reqwest::Url,
     region: String,
@@ -372,6 +373,8 @@ impl std::fmt::Debug for HttpEcsClient {
 /// How the client is built.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The provider instance (names it in backend call reports).
+    pub instance: String,
     /// Endpoint URL.
     pub endpoint: String,
     /// Region ID sent as `RegionId`.
@@ -473,6 +476,7 @@ impl HttpEcsClient {
                 source,
             })?;
         Ok(Self {
+            instance: config.instance.clone(),
             http,
             endpoint,
             region: config.region,
@@ -654,7 +658,19 @@ impl HttpEcsClient {
     ) -> Result<T, ApiError> {
         let mut attempt: u32 = 0;
         loop {
+            let started = std::time::Instant::now();
             let result = self.send_once(action, &params).await;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) if e.is_throttling() => "throttled",
+                Err(_) => "error",
+            };
+            omnidisk_provider_api::observe::api_call(
+                &self.instance,
+                action,
+                outcome,
+                started.elapsed(),
+            );
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,

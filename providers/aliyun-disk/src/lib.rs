@@ -84,6 +84,7 @@ pub async fn create(init: InitRequest) -> Result<Arc<dyn Provider>> {
     ));
     let client = client::HttpEcsClient::new(
         client::ClientConfig {
+            instance: init.instance.clone(),
             endpoint: settings.endpoint_for(if region.is_empty() {
                 "cn-hangzhou"
             } else {

@@ -617,7 +617,8 @@ impl Provider for LvmProvider {
             ),
             Some(_) => (plain_allocation, true),
         };
-        let tags = names::tags_for(&self.instance, &req.name, source.as_ref(), pending).map_err(csi_name_error)?;
+        let tags = names::tags_for(&self.instance, &req.name, source.as_ref(), pending)
+            .map_err(csi_name_error)?;
         tracing::info!(volume = %name, csi_name = %req.name, size, ?allocation, "creating volume");
         self.lvm
             .create(&name, &allocation, &tags)
@@ -794,7 +795,8 @@ impl Provider for LvmProvider {
                 bytes,
             }
         };
-        let tags = names::tags_for(&self.instance, &req.name, Some(&source), false).map_err(csi_name_error)?;
+        let tags = names::tags_for(&self.instance, &req.name, Some(&source), false)
+            .map_err(csi_name_error)?;
         tracing::info!(snapshot = %name, source = %source, ?allocation, "creating snapshot");
         self.lvm
             .create(&name, &allocation, &tags)

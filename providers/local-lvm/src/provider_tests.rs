@@ -1131,14 +1131,30 @@ async fn instances_sharing_a_volume_group_see_only_their_own_volumes() {
     let (fake, first) = thick(GIB as u64);
     let mut other = init("");
     other.instance = "other".into();
-    let second = LvmProvider::new(&other, Settings::from_toml("").unwrap(), Arc::new(fake.clone()));
-    first.create_volume(create_req("pvc-a", 8 * MIB)).await.unwrap();
-    second.create_volume(create_req("pvc-b", 8 * MIB)).await.unwrap();
+    let second = LvmProvider::new(
+        &other,
+        Settings::from_toml("").unwrap(),
+        Arc::new(fake.clone()),
+    );
+    first
+        .create_volume(create_req("pvc-a", 8 * MIB))
+        .await
+        .unwrap();
+    second
+        .create_volume(create_req("pvc-b", 8 * MIB))
+        .await
+        .unwrap();
     let listed = first.list_volumes(ListRequest::default()).await.unwrap();
-    let ids: Vec<_> = listed.entries.iter().map(|e| e.volume.as_ref().unwrap().id.clone()).collect();
+    let ids: Vec<_> = listed
+        .entries
+        .iter()
+        .map(|e| e.volume.as_ref().unwrap().id.clone())
+        .collect();
     assert_eq!(ids, vec!["odv-pvc-a".to_string()]);
     let err = first
-        .get_volume(VolumeRef { volume_id: "odv-pvc-b".into() })
+        .get_volume(VolumeRef {
+            volume_id: "odv-pvc-b".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);

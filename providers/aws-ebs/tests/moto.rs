@@ -1,0 +1,597 @@
+//! The whole controller life cycle over the real EC2 wire protocol, against
+//! a `moto_server` on 127.0.0.1 started (and installed, if missing) here.
+//!
+//! With `OMNIDISK_REQUIRE_ALL=1` a missing moto that cannot be installed is
+//! a failure; otherwise the test says loudly that it did not run.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use omnidisk_provider_api::types::*;
+use omnidisk_provider_api::{ErrorKind, Provider};
+use omnidisk_provider_aws_ebs::provider::{DEVICE_PATH_KEY, NAME_TAG, ZONE_KEY};
+
+const ZONE: &str = "us-east-1a";
+
+fn require_all() -> bool {
+    std::env::var("OMNIDISK_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+fn moto_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import moto.server"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure moto is importable, installing it with pip if needed.
+fn ensure_moto() -> Result<(), String> {
+    if moto_available() {
+        return Ok(());
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+        .status()
+        .map_err(|e| format!("cannot run pip: {e}"))?;
+    if status.success() && moto_available() {
+        Ok(())
+    } else {
+        Err(format!("pip install 'moto[server]' failed ({status})"))
+    }
+}
+
+/// A moto server on a free local port, stopped on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto_server");
+        let moto = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return moto;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("moto_server did not start listening on port {port}");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn settings_toml(endpoint: &str) -> String {
+    format!(
+        r#"
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+cluster_id = "test-cluster"
+api_timeout_seconds = 10
+[credentials]
+source = "static"
+access_key_id = "testing"
+secret_access_key = "testing"
+[extra_tags]
+owner = "omnidisk-tests"
+[waits]
+poll_initial_ms = 50
+poll_max_ms = 500
+batch_window_ms = 20
+create_seconds = 30
+attach_seconds = 30
+detach_seconds = 30
+modify_seconds = 30
+"#
+    )
+}
+
+async fn sdk_client(endpoint: &str) -> aws_sdk_ec2::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&config)
+}
+
+async fn run_instance(ec2: &aws_sdk_ec2::Client) -> String {
+    let images = ec2.describe_images().send().await.expect("DescribeImages");
+    let image = images
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .expect("moto has no images")
+        .to_owned();
+    let out = ec2
+        .run_instances()
+        .image_id(image)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .placement(
+            aws_sdk_ec2::types::Placement::builder()
+                .availability_zone(ZONE)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RunInstances");
+    out.instances()[0]
+        .instance_id()
+        .expect("instance id")
+        .to_owned()
+}
+
+async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> aws_sdk_ec2::types::Volume {
+    ec2.describe_volumes()
+        .volume_ids(id)
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes()[0]
+        .clone()
+}
+
+fn tag<'a>(v: &'a aws_sdk_ec2::types::Volume, key: &str) -> Option<&'a str> {
+    v.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn create(name: &str, gib: i64, p: &[(&str, &str)]) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        required_bytes: gib * GIB,
+        parameters: params(p),
+        requisite: vec![Topology::from_pairs([(ZONE_KEY, ZONE)])],
+        preferred: vec![Topology::from_pairs([(ZONE_KEY, ZONE)])],
+        ..CreateVolumeRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_life_cycle_against_moto() {
+    if let Err(why) = ensure_moto() {
+        if require_all() {
+            panic!("moto is required (OMNIDISK_REQUIRE_ALL=1) but unavailable: {why}");
+        }
+        eprintln!("SKIPPED controller_life_cycle_against_moto: {why}");
+        return;
+    }
+    let moto = Moto::start();
+    let ec2 = sdk_client(&moto.url).await;
+
+    let provider: Arc<dyn Provider> = (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
+        instance: "ebs".into(),
+        settings_toml: settings_toml(&moto.url),
+        node_name: "node-1".into(),
+        mode: "controller".into(),
+    })
+    .await
+    .expect("provider");
+    let info = provider.info();
+    assert!(info.attach_required && !info.node_local && info.published_nodes);
+
+    // Create with every parameter.
+    let all = [
+        ("volumeType", "gp3"),
+        ("iops", "4000"),
+        ("throughput", "250"),
+        ("encrypted", "true"),
+        ("kmsKeyId", "arn:aws:kms:us-east-1:123456789012:key/test"),
+        ("tagSpecification_1", "team=storage"),
+        ("csi.storage.k8s.io/pvc/name", "data"),
+    ];
+    let vol = provider
+        .create_volume(create("pvc-a", 10, &all))
+        .await
+        .expect("create");
+    assert_eq!(vol.capacity_bytes, 10 * GIB);
+    assert_eq!(
+        vol.accessible_topology[0]
+            .segments
+            .get(ZONE_KEY)
+            .map(String::as_str),
+        Some(ZONE)
+    );
+    let d = describe(&ec2, &vol.id).await;
+    assert_eq!(d.size(), Some(10));
+    assert_eq!(d.iops(), Some(4000));
+    assert_eq!(d.throughput(), Some(250));
+    assert_eq!(d.encrypted(), Some(true));
+    assert_eq!(
+        d.kms_key_id(),
+        Some("arn:aws:kms:us-east-1:123456789012:key/test")
+    );
+    assert_eq!(d.availability_zone(), Some(ZONE));
+    assert_eq!(tag(&d, NAME_TAG), Some("pvc-a"));
+    assert_eq!(tag(&d, "team"), Some("storage"));
+    assert_eq!(tag(&d, "owner"), Some("omnidisk-tests"));
+    assert_eq!(tag(&d, "kubernetes.io/cluster/test-cluster"), Some("owned"));
+    assert_eq!(tag(&d, "kubernetes.io/created-for/pvc/name"), Some("data"));
+
+    // Idempotent re-create (moto ignores ClientToken: the name tag finds it).
+    let again = provider
+        .create_volume(create("pvc-a", 10, &all))
+        .await
+        .expect("re-create");
+    assert_eq!(again.id, vol.id);
+    let named = ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:CSIVolumeName")
+                .values("pvc-a")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.volumes().len(), 1, "a duplicate volume was created");
+
+    // Same name, different parameters.
+    let err = provider
+        .create_volume(create("pvc-a", 10, &[("volumeType", "gp2")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::AlreadyExists,
+        "{}",
+        err.full_message()
+    );
+
+    // Attach.
+    let node_a = run_instance(&ec2).await;
+    let node_b = run_instance(&ec2).await;
+    let attach = |node: &str| AttachRequest {
+        volume_id: vol.id.clone(),
+        node_id: node.to_owned(),
+        ..AttachRequest::default()
+    };
+    let ctx = provider
+        .attach_volume(attach(&node_a))
+        .await
+        .expect("attach");
+    let device = ctx
+        .publish_context
+        .get(DEVICE_PATH_KEY)
+        .cloned()
+        .expect("devicePath");
+    assert!(device.starts_with("/dev/xvd"), "{device}");
+    let ctx2 = provider
+        .attach_volume(attach(&node_a))
+        .await
+        .expect("idempotent attach");
+    assert_eq!(ctx, ctx2);
+    let err = provider.attach_volume(attach(&node_b)).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::FailedPrecondition,
+        "{}",
+        err.full_message()
+    );
+    let d = describe(&ec2, &vol.id).await;
+    assert_eq!(d.attachments().len(), 1);
+    assert_eq!(d.attachments()[0].instance_id(), Some(node_a.as_str()));
+    assert_eq!(d.attachments()[0].device(), Some(device.as_str()));
+
+    // A second volume on the same node gets another device name.
+    let vol2 = provider
+        .create_volume(create("pvc-b", 1, &[]))
+        .await
+        .expect("create b");
+    let ctx_b = provider
+        .attach_volume(AttachRequest {
+            volume_id: vol2.id.clone(),
+            node_id: node_a.clone(),
+            ..AttachRequest::default()
+        })
+        .await
+        .expect("attach b");
+    assert_ne!(ctx_b.publish_context[DEVICE_PATH_KEY], device);
+
+    // List with published nodes.
+    let listed = provider
+        .list_volumes(ListRequest::default())
+        .await
+        .expect("list");
+    let entry = listed
+        .entries
+        .iter()
+        .find(|e| e.volume.as_ref().is_some_and(|v| v.id == vol.id))
+        .expect("pvc-a listed");
+    assert_eq!(entry.published_nodes, vec![node_a.clone()]);
+    let paged = provider
+        .list_volumes(ListRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+        })
+        .await
+        .expect("list page");
+    assert_eq!(paged.entries.len(), 1);
+    assert!(!paged.next_token.is_empty());
+    let rest = provider
+        .list_volumes(ListRequest {
+            max_entries: 1,
+            starting_token: paged.next_token.clone(),
+        })
+        .await
+        .expect("list page 2");
+    assert_eq!(rest.entries.len(), 1);
+    assert_ne!(
+        rest.entries[0].volume.as_ref().map(|v| &v.id),
+        paged.entries[0].volume.as_ref().map(|v| &v.id)
+    );
+
+    // Delete while attached.
+    let err = provider
+        .delete_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+
+    // Detach, twice.
+    for _ in 0..2 {
+        provider
+            .detach_volume(DetachRequest {
+                volume_id: vol.id.clone(),
+                node_id: node_a.clone(),
+            })
+            .await
+            .expect("detach");
+    }
+    assert!(describe(&ec2, &vol.id).await.attachments().is_empty());
+
+    // Snapshots: create (idempotent), list with paging, restore, delete.
+    let mut snaps = Vec::new();
+    for i in 0..3 {
+        let req = CreateSnapshotRequest {
+            name: format!("snap-{i}"),
+            source_volume_id: vol.id.clone(),
+            parameters: params(&[("tagSpecification_1", "purpose=test")]),
+        };
+        let s = provider
+            .create_snapshot(req.clone())
+            .await
+            .expect("snapshot");
+        assert_eq!(s.source_volume_id, vol.id);
+        assert_eq!(s.size_bytes, 10 * GIB);
+        assert!(s.creation_time_seconds > 0);
+        let s2 = provider.create_snapshot(req).await.expect("snapshot again");
+        assert_eq!(s.id, s2.id);
+        snaps.push(s.id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = provider
+            .list_snapshots(ListSnapshotsRequest {
+                max_entries: 2,
+                starting_token: token.clone(),
+                ..ListSnapshotsRequest::default()
+            })
+            .await
+            .expect("list snapshots");
+        assert!(page.entries.len() <= 2);
+        seen.extend(page.entries.into_iter().map(|s| s.id));
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    seen.sort();
+    let mut expected = snaps.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let by_volume = provider
+        .list_snapshots(ListSnapshotsRequest {
+            source_volume_id: vol.id.clone(),
+            ..ListSnapshotsRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_volume.entries.len(), 3);
+    let one = provider
+        .list_snapshots(ListSnapshotsRequest {
+            snapshot_id: snaps[1].clone(),
+            ..ListSnapshotsRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.entries.len(), 1);
+    assert!(one.entries[0].ready_to_use);
+
+    let mut restore = create("pvc-restored", 5, &[]);
+    restore.source = Some(create_volume_request::Source::SourceSnapshotId(
+        snaps[0].clone(),
+    ));
+    let restored = provider.create_volume(restore).await.expect("restore");
+    assert_eq!(restored.capacity_bytes, 10 * GIB);
+    assert_eq!(
+        describe(&ec2, &restored.id).await.snapshot_id(),
+        Some(snaps[0].as_str())
+    );
+    let mut missing = create("pvc-missing", 5, &[]);
+    missing.source = Some(create_volume_request::Source::SourceSnapshotId(
+        "snap-0123456789abcdef0".into(),
+    ));
+    assert_eq!(
+        provider.create_volume(missing).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // Expand.
+    let grown = provider
+        .expand_volume(ExpandVolumeRequest {
+            volume_id: vol.id.clone(),
+            required_bytes: 20 * GIB,
+            ..ExpandVolumeRequest::default()
+        })
+        .await
+        .expect("expand");
+    assert_eq!(grown.capacity_bytes, 20 * GIB);
+    assert_eq!(describe(&ec2, &vol.id).await.size(), Some(20));
+
+    // Modify (VolumeAttributesClass).
+    provider
+        .modify_volume(ModifyVolumeRequest {
+            volume_id: vol.id.clone(),
+            mutable_parameters: params(&[("volumeType", "io2"), ("iops", "5000")]),
+        })
+        .await
+        .expect("modify");
+    let d = describe(&ec2, &vol.id).await;
+    assert_eq!(d.volume_type().map(|t| t.as_str()), Some("io2"));
+    assert_eq!(d.iops(), Some(5000));
+
+    // Delete snapshots (twice), then volumes (absent is fine).
+    for s in &snaps {
+        for _ in 0..2 {
+            provider
+                .delete_snapshot(SnapshotRef {
+                    snapshot_id: s.clone(),
+                })
+                .await
+                .expect("delete snapshot");
+        }
+    }
+    assert_eq!(
+        provider
+            .get_snapshot(SnapshotRef {
+                snapshot_id: snaps[0].clone()
+            })
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    provider
+        .detach_volume(DetachRequest {
+            volume_id: vol2.id.clone(),
+            node_id: String::new(),
+        })
+        .await
+        .expect("detach b from all");
+    for id in [&vol.id, &vol2.id, &restored.id] {
+        for _ in 0..2 {
+            provider
+                .delete_volume(VolumeRef {
+                    volume_id: id.clone(),
+                })
+                .await
+                .expect("delete");
+        }
+        let err = provider
+            .get_volume(VolumeRef {
+                volume_id: id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+    drop(moto);
+}
+
+#[tokio::test]
+async fn bad_settings_fail_at_start_and_node_mode_needs_no_aws() {
+    let make = |toml: &str| {
+        (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
+            instance: "ebs".into(),
+            settings_toml: toml.into(),
+            node_name: "n".into(),
+            mode: "controller".into(),
+        })
+    };
+    let err = make("regoin = \"us-east-1\"")
+        .await
+        .err()
+        .expect("a misspelt key must fail");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("regoin"));
+    let err = make("[credentials]\nsource = \"static\"\naccess_key_id = \"\"\nsecret_access_key = \"s3cr3t-value\"\n")
+        .await
+        .err()
+        .expect("an empty key must fail");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        !err.full_message().contains("s3cr3t-value"),
+        "{}",
+        err.full_message()
+    );
+    // Node mode needs no AWS access at all.
+    let p = node_provider().await;
+    let info = p.node_info().await.unwrap();
+    assert_eq!(info.node_id, "i-0123456789abcdef0");
+    assert_eq!(info.max_volumes, 20);
+    assert_eq!(
+        info.topology
+            .unwrap()
+            .segments
+            .get(ZONE_KEY)
+            .map(String::as_str),
+        Some("us-east-1a")
+    );
+    assert_eq!(
+        p.create_volume(create("x", 1, &[]))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::FailedPrecondition
+    );
+}
+
+async fn node_provider() -> Arc<dyn Provider> {
+    (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
+        instance: "ebs".into(),
+        settings_toml: "[node]\ninstance_id = \"i-0123456789abcdef0\"\nzone = \"us-east-1a\"\ninstance_type = \"m5.large\"\nmax_volumes_per_node = 20\n".into(),
+        node_name: "n".into(),
+        mode: "node".into(),
+    })
+    .await
+    .expect("node provider")
+}
