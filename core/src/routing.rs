@@ -84,12 +84,11 @@ impl Registry {
     /// The instance a StorageClass names with `type`; when only one instance
     /// is configured, `type` may be left out.
     pub fn for_type(&self, type_param: Option<&str>) -> CoreResult<&Instance> {
-        match type_param {
-            Some(name) => self.get(name),
-            None if self.instances.len() == 1 => {
-                Ok(self.instances.values().next().expect("one instance"))
-            }
-            None => Err(CoreError::InvalidArgument(format!(
+        let mut all = self.instances.values();
+        match (type_param, all.next(), all.next()) {
+            (Some(name), _, _) => self.get(name),
+            (None, Some(only), None) => Ok(only),
+            (None, _, _) => Err(CoreError::InvalidArgument(format!(
                 "parameter `type` is required to choose a provider instance; configured instances: {}",
                 self.names()
             ))),
@@ -97,7 +96,7 @@ impl Registry {
     }
 
     /// The instance owning an object ID, with the ID's provider-local part.
-    pub fn for_id<'a>(&self, id: &'a ScopedId) -> CoreResult<&Instance> {
+    pub fn for_id(&self, id: &ScopedId) -> CoreResult<&Instance> {
         self.instances.get(id.instance()).ok_or_else(|| {
             CoreError::NotFound(format!(
                 "{id} belongs to provider instance {:?}, which is not configured here (configured: {})",

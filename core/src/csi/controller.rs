@@ -95,6 +95,80 @@ fn split_token<'a>(registry: &Registry, token: &'a str) -> CoreResult<Option<(&'
     Ok(Some((instance, rest)))
 }
 
+/// A provider's paging failure: an `Aborted` (a token it did not issue)
+/// keeps its code, anything else is the provider's error.
+fn paging_err(
+    instance: &Instance,
+    op: &'static str,
+    e: omnidisk_provider_api::ProviderError,
+) -> CoreError {
+    match e.kind() {
+        ErrorKind::Aborted => CoreError::Busy(format!("paging: {}", e.message())),
+        _ => provider_err(instance, op)(e),
+    }
+}
+
+/// Pages through several instances as one list. The token is
+/// `<instance>/<provider token>`: the instance to continue with and where
+/// its own paging stands. `fetch(instance, max, token)` returns one page of
+/// one instance (`max` 0 = no limit) and that instance's next token.
+async fn page_across<'a, T, F, Fut>(
+    registry: &Registry,
+    instances: &[&'a Instance],
+    max_entries: i32,
+    starting_token: &str,
+    fetch: F,
+) -> CoreResult<(Vec<T>, String)>
+where
+    F: Fn(&'a Instance, i32, String) -> Fut,
+    Fut: std::future::Future<Output = CoreResult<(Vec<T>, String)>>,
+{
+    if max_entries < 0 {
+        return Err(CoreError::InvalidArgument(
+            "max_entries must not be negative".into(),
+        ));
+    }
+    let start = split_token(registry, starting_token)?;
+    let mut entries = Vec::new();
+    let mut next_token = String::new();
+    let mut started = start.is_none();
+    for (pos, instance) in instances.iter().enumerate() {
+        let mut token = String::new();
+        if let Some((name, t)) = start {
+            if !started {
+                if instance.name != name {
+                    continue;
+                }
+                started = true;
+                token = t.to_owned();
+            }
+        }
+        let remaining = if max_entries == 0 {
+            0
+        } else {
+            max_entries - i32::try_from(entries.len()).unwrap_or(i32::MAX)
+        };
+        let (page, next) = fetch(instance, remaining, token).await?;
+        entries.extend(page);
+        if !next.is_empty() {
+            next_token = format!("{}/{next}", instance.name);
+            break;
+        }
+        if max_entries > 0 && entries.len() >= max_entries as usize {
+            if let Some(following) = instances.get(pos + 1) {
+                next_token = format!("{}/", following.name);
+            }
+            break;
+        }
+    }
+    if !started {
+        return Err(CoreError::Busy(format!(
+            "paging (invalid starting_token {starting_token:?})"
+        )));
+    }
+    Ok((entries, next_token))
+}
+
 impl ControllerService {
     /// The service over a driver.
     pub fn new(driver: Arc<Driver>) -> Self {
@@ -398,76 +472,41 @@ impl ControllerService {
         &self,
         req: csi::ListVolumesRequest,
     ) -> CoreResult<csi::ListVolumesResponse> {
-        if req.max_entries < 0 {
-            return Err(CoreError::InvalidArgument(
-                "max_entries must not be negative".into(),
-            ));
-        }
         let instances: Vec<&Instance> = self.served().filter(|i| i.info.list_volumes).collect();
-        let start = split_token(&self.driver.registry, &req.starting_token)?;
-        let mut entries = Vec::new();
-        let mut next_token = String::new();
-        let mut started = start.is_none();
-        for (pos, instance) in instances.iter().enumerate() {
-            let mut token = String::new();
-            if let Some((name, t)) = start {
-                if !started {
-                    if instance.name != name {
+        let (entries, next_token) = page_across(
+            &self.driver.registry,
+            &instances,
+            req.max_entries,
+            &req.starting_token,
+            |instance, max_entries, starting_token| async move {
+                let page = instance
+                    .provider
+                    .list_volumes(p::ListRequest {
+                        max_entries,
+                        starting_token,
+                    })
+                    .await
+                    .map_err(|e| paging_err(instance, "list volumes", e))?;
+                let mut entries = Vec::new();
+                for status in page.entries {
+                    let Some(volume) = status.volume else {
                         continue;
-                    }
-                    started = true;
-                    token = t.to_owned();
-                }
-            }
-            let remaining = if req.max_entries == 0 {
-                0
-            } else {
-                req.max_entries - entries.len() as i32
-            };
-            let page = instance
-                .provider
-                .list_volumes(p::ListRequest {
-                    max_entries: remaining,
-                    starting_token: token,
-                })
-                .await
-                .map_err(|e| match e.kind() {
-                    ErrorKind::Aborted => CoreError::Busy(format!("paging: {}", e.message())),
-                    _ => provider_err(instance, "list volumes")(e),
-                })?;
-            for status in page.entries {
-                let Some(volume) = status.volume else {
-                    continue;
-                };
-                entries.push(csi::list_volumes_response::Entry {
-                    volume: Some(volume_out(&instance.name, &volume, &BTreeMap::new())?),
-                    status: Some(csi::list_volumes_response::VolumeStatus {
-                        published_node_ids: status.published_nodes,
-                        volume_condition: Some(csi::VolumeCondition {
-                            abnormal: status.abnormal,
-                            message: status.condition_message,
+                    };
+                    entries.push(csi::list_volumes_response::Entry {
+                        volume: Some(volume_out(&instance.name, &volume, &BTreeMap::new())?),
+                        status: Some(csi::list_volumes_response::VolumeStatus {
+                            published_node_ids: status.published_nodes,
+                            volume_condition: Some(csi::VolumeCondition {
+                                abnormal: status.abnormal,
+                                message: status.condition_message,
+                            }),
                         }),
-                    }),
-                });
-            }
-            if !page.next_token.is_empty() {
-                next_token = format!("{}/{}", instance.name, page.next_token);
-                break;
-            }
-            let full = req.max_entries > 0 && entries.len() as i32 >= req.max_entries;
-            if full {
-                if let Some(next) = instances.get(pos + 1) {
-                    next_token = format!("{}/", next.name);
+                    });
                 }
-                break;
-            }
-        }
-        if !started {
-            return Err(CoreError::Busy(format!(
-                "paging (invalid starting_token {:?})",
-                req.starting_token
-            )));
-        }
+                Ok((entries, page.next_token))
+            },
+        )
+        .await?;
         Ok(csi::ListVolumesResponse {
             entries,
             next_token,
@@ -653,65 +692,43 @@ impl ControllerService {
             .filter(|i| i.info.snapshots)
             .filter(|i| only.as_deref().is_none_or(|o| o == i.name))
             .collect();
-        let start = split_token(&self.driver.registry, &req.starting_token)?;
-        let mut entries = Vec::new();
-        let mut next_token = String::new();
-        let mut started = start.is_none();
-        for (pos, instance) in instances.iter().enumerate() {
-            let mut token = String::new();
-            if let Some((name, t)) = start {
-                if !started {
-                    if instance.name != name {
-                        continue;
+        let (snapshot_filter, volume_filter) = (&snapshot_filter, &volume_filter);
+        let (entries, next_token) = page_across(
+            &self.driver.registry,
+            &instances,
+            req.max_entries,
+            &req.starting_token,
+            |instance, max_entries, starting_token| async move {
+                let page = match instance
+                    .provider
+                    .list_snapshots(p::ListSnapshotsRequest {
+                        max_entries,
+                        starting_token,
+                        snapshot_id: snapshot_filter.clone(),
+                        source_volume_id: volume_filter.clone(),
+                    })
+                    .await
+                {
+                    Ok(page) => page,
+                    // A filter naming a snapshot or volume that is gone matches nothing.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        p::ListSnapshotsResponse::default()
                     }
-                    started = true;
-                    token = t.to_owned();
-                }
-            }
-            let remaining = if req.max_entries == 0 {
-                0
-            } else {
-                req.max_entries - entries.len() as i32
-            };
-            let page = match instance
-                .provider
-                .list_snapshots(p::ListSnapshotsRequest {
-                    max_entries: remaining,
-                    starting_token: token,
-                    snapshot_id: snapshot_filter.clone(),
-                    source_volume_id: volume_filter.clone(),
-                })
-                .await
-            {
-                Ok(page) => page,
-                Err(e) if e.kind() == ErrorKind::NotFound => p::ListSnapshotsResponse::default(),
-                Err(e) if e.kind() == ErrorKind::Aborted => {
-                    return Err(CoreError::Busy(format!("paging: {}", e.message())));
-                }
-                Err(e) => return Err(provider_err(instance, "list snapshots")(e)),
-            };
-            for snap in &page.entries {
-                entries.push(csi::list_snapshots_response::Entry {
-                    snapshot: Some(snapshot_out(&instance.name, snap)?),
-                });
-            }
-            if !page.next_token.is_empty() {
-                next_token = format!("{}/{}", instance.name, page.next_token);
-                break;
-            }
-            if req.max_entries > 0 && entries.len() as i32 >= req.max_entries {
-                if let Some(next) = instances.get(pos + 1) {
-                    next_token = format!("{}/", next.name);
-                }
-                break;
-            }
-        }
-        if !started {
-            return Err(CoreError::Busy(format!(
-                "paging (invalid starting_token {:?})",
-                req.starting_token
-            )));
-        }
+                    Err(e) => return Err(paging_err(instance, "list snapshots", e)),
+                };
+                let entries = page
+                    .entries
+                    .iter()
+                    .map(|snap| {
+                        Ok(csi::list_snapshots_response::Entry {
+                            snapshot: Some(snapshot_out(&instance.name, snap)?),
+                        })
+                    })
+                    .collect::<CoreResult<Vec<_>>>()?;
+                Ok((entries, page.next_token))
+            },
+        )
+        .await?;
         Ok(csi::ListSnapshotsResponse {
             entries,
             next_token,

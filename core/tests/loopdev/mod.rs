@@ -30,25 +30,16 @@ pub fn have_root(test: &str) -> bool {
     false
 }
 
-/// True when this process has capability number `bit` (see capabilities(7))
-/// in its effective set. Otherwise prints why `test` skips, or panics when
-/// `OMNIDISK_REQUIRE_ALL=1`.
-pub fn have_capability(test: &str, bit: u32, name: &str) -> bool {
+/// Whether this process has capability number `bit` in its effective set.
+#[allow(dead_code)]
+pub fn has_capability(bit: u32) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
-    if effective & (1u64 << bit) != 0 {
-        return true;
-    }
-    let reason = format!("{test}: needs {name}, which this process does not have");
-    if std::env::var(REQUIRE_ALL).as_deref() == Ok("1") {
-        panic!("{reason}, and {REQUIRE_ALL}=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {reason}");
-    false
+    effective & (1u64 << bit) != 0
 }
 
 fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
