@@ -924,3 +924,73 @@ async fn node_stage_publish_round_trip_with_the_fake_mounter() {
     assert!(h.mounter.mounts().is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_are_scraped_after_a_life_cycle() {
+    use tower::ServiceExt;
+    let h = start(Mode::All, &two_instances()).await;
+    let mut c = h.client.controller.clone();
+    let v = c
+        .create_volume(create_req("pvc-metrics", GIB, &[("type", "beta")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let err = c
+        .create_volume(create_req("pvc-metrics-2", GIB, &[("type", "gamma")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let router = omnidisk::server::http_router(h.driver.clone());
+    let response = router
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        text.contains(
+            r#"omnidisk_csi_operations_total{method="CreateVolume",instance="beta",code="Ok"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"omnidisk_csi_operations_total{method="DeleteVolume",instance="beta",code="Ok"}"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"code="InvalidArgument""#), "{text}");
+    assert!(
+        text.contains(r#"omnidisk_capacity_total_bytes{instance="beta"}"#),
+        "{text}"
+    );
+    assert!(text.contains("omnidisk_inflight_operations 0"), "{text}");
+
+    let health = router
+        .oneshot(
+            axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    h.stop().await;
+}

@@ -339,16 +339,22 @@ impl NodeService {
     /// fine; a directory that is not empty is left alone (its contents were
     /// written while nothing was mounted, and are not this driver's to delete).
     async fn remove_mount_point(&self, path: &Path) -> CoreResult<()> {
-        let meta = match tokio::fs::symlink_metadata(path).await {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(CoreError::node(format!("inspecting {}", path.display()), e)),
-        };
-        let removed = if meta.is_dir() {
-            tokio::fs::remove_dir(path).await
-        } else {
-            tokio::fs::remove_file(path).await
-        };
+        let owned = path.to_path_buf();
+        let removed = self
+            .host(move |_| {
+                let meta = match std::fs::symlink_metadata(&owned) {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(())),
+                    Err(e) => return Ok(Err(e)),
+                };
+                Ok(if meta.is_dir() {
+                    std::fs::remove_dir(&owned)
+                } else {
+                    std::fs::remove_file(&owned)
+                })
+            })
+            .await
+            .map_err(host_err(format!("removing {}", path.display())))?;
         match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
