@@ -218,6 +218,40 @@ impl ControllerService {
             .unwrap_or_default()
     }
 
+    /// Deletes a volume or snapshot by CSI ID. An ID this driver never
+    /// issues, or an object the provider no longer has, is already deleted;
+    /// an ID of an instance not configured here is refused rather than
+    /// reported as done (that would lose track of a real object).
+    async fn delete_owned<'a, F, Fut>(
+        &'a self,
+        field: &str,
+        raw: &str,
+        op: &'static str,
+        delete: F,
+    ) -> CoreResult<()>
+    where
+        F: FnOnce(&'a Instance, String) -> Fut,
+        Fut: std::future::Future<Output = omnidisk_provider_api::Result<()>>,
+    {
+        validate::required(field, raw)?;
+        let Ok(id) = ScopedId::parse(raw) else {
+            tracing::info!(id = %raw, "not an omnidisk ID: nothing to delete");
+            return Ok(());
+        };
+        let instance = self
+            .driver
+            .registry
+            .for_id(&id)
+            .map_err(|e| CoreError::FailedPrecondition(format!("cannot delete {raw}: {e}")))?;
+        self.check_served(instance)?;
+        let _guard = self.guard(raw)?;
+        match delete(instance, id.local().to_owned()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(provider_err(instance, op)(e)),
+        }
+    }
+
     fn guard(&self, key: &str) -> CoreResult<crate::locks::InFlightGuard> {
         self.driver
             .inflight
@@ -340,28 +374,18 @@ impl ControllerService {
         &self,
         req: csi::DeleteVolumeRequest,
     ) -> CoreResult<csi::DeleteVolumeResponse> {
-        validate::required("volume_id", &req.volume_id)?;
-        let Ok(id) = ScopedId::parse(&req.volume_id) else {
-            // No volume can have an ID this driver never issues.
-            tracing::info!(volume_id = %req.volume_id, "not an omnidisk volume ID: nothing to delete");
-            return Ok(csi::DeleteVolumeResponse {});
-        };
-        let instance = self.driver.registry.for_id(&id).map_err(|e| {
-            CoreError::FailedPrecondition(format!("cannot delete {}: {e}", req.volume_id))
-        })?;
-        self.check_served(instance)?;
-        let _guard = self.guard(&req.volume_id)?;
-        match instance
-            .provider
-            .delete_volume(p::VolumeRef {
-                volume_id: id.local().to_owned(),
-            })
-            .await
-        {
-            Ok(()) => Ok(csi::DeleteVolumeResponse {}),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(csi::DeleteVolumeResponse {}),
-            Err(e) => Err(provider_err(instance, "delete volume")(e)),
-        }
+        self.delete_owned(
+            "volume_id",
+            &req.volume_id,
+            "delete volume",
+            |instance, local| {
+                instance
+                    .provider
+                    .delete_volume(p::VolumeRef { volume_id: local })
+            },
+        )
+        .await?;
+        Ok(csi::DeleteVolumeResponse {})
     }
 
     async fn publish_inner(
@@ -636,26 +660,18 @@ impl ControllerService {
         &self,
         req: csi::DeleteSnapshotRequest,
     ) -> CoreResult<csi::DeleteSnapshotResponse> {
-        validate::required("snapshot_id", &req.snapshot_id)?;
-        let Ok(id) = ScopedId::parse(&req.snapshot_id) else {
-            return Ok(csi::DeleteSnapshotResponse {});
-        };
-        let instance = self.driver.registry.for_id(&id).map_err(|e| {
-            CoreError::FailedPrecondition(format!("cannot delete {}: {e}", req.snapshot_id))
-        })?;
-        self.check_served(instance)?;
-        let _guard = self.guard(&req.snapshot_id)?;
-        match instance
-            .provider
-            .delete_snapshot(p::SnapshotRef {
-                snapshot_id: id.local().to_owned(),
-            })
-            .await
-        {
-            Ok(()) => Ok(csi::DeleteSnapshotResponse {}),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(csi::DeleteSnapshotResponse {}),
-            Err(e) => Err(provider_err(instance, "delete snapshot")(e)),
-        }
+        self.delete_owned(
+            "snapshot_id",
+            &req.snapshot_id,
+            "delete snapshot",
+            |instance, local| {
+                instance
+                    .provider
+                    .delete_snapshot(p::SnapshotRef { snapshot_id: local })
+            },
+        )
+        .await?;
+        Ok(csi::DeleteSnapshotResponse {})
     }
 
     async fn list_snapshots_inner(
