@@ -4,156 +4,29 @@
 //! With `OMNIDISK_REQUIRE_ALL=1` a missing moto that cannot be installed is
 //! a failure; otherwise the test says loudly that it did not run.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+
+use common::{Moto, ZONE, ensure_moto, require_all, sdk_client};
 
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
 use omnidisk_provider_aws_ebs::provider::{DEVICE_PATH_KEY, NAME_TAG, ZONE_KEY};
 
-const ZONE: &str = "us-east-1a";
-
-fn require_all() -> bool {
-    std::env::var("OMNIDISK_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
-fn moto_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import moto.server"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Makes sure moto is importable, installing it with pip if needed.
-fn ensure_moto() -> Result<(), String> {
-    if moto_available() {
-        return Ok(());
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "moto[server]"])
-        .status()
-        .map_err(|e| format!("cannot run pip: {e}"))?;
-    if status.success() && moto_available() {
-        Ok(())
-    } else {
-        Err(format!("pip install 'moto[server]' failed ({status})"))
-    }
-}
-
-/// A moto server on a free local port, stopped on drop.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port");
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start moto_server");
-        let moto = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return moto;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("moto_server did not start listening on port {port}");
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn settings_toml(endpoint: &str) -> String {
-    format!(
-        r#"
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-cluster_id = "test-cluster"
-api_timeout_seconds = 10
-[credentials]
-source = "static"
-access_key_id = "testing"
-secret_access_key = "testing"
-[extra_tags]
-owner = "omnidisk-tests"
-[waits]
-poll_initial_ms = 50
-poll_max_ms = 500
-batch_window_ms = 20
-create_seconds = 30
-attach_seconds = 30
-detach_seconds = 30
-modify_seconds = 30
-"#
+    common::settings_toml(
+        endpoint,
+        &format!(
+            "[extra_tags]\nowner = \"omnidisk-tests\"\n{}",
+            common::FAST_WAITS
+        ),
     )
 }
 
-async fn sdk_client(endpoint: &str) -> aws_sdk_ec2::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_ec2::Client::new(&config)
-}
-
 async fn run_instance(ec2: &aws_sdk_ec2::Client) -> String {
-    let images = ec2.describe_images().send().await.expect("DescribeImages");
-    let image = images
-        .images()
-        .first()
-        .and_then(|i| i.image_id())
-        .expect("moto has no images")
-        .to_owned();
-    let out = ec2
-        .run_instances()
-        .image_id(image)
-        .min_count(1)
-        .max_count(1)
-        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
-        .placement(
-            aws_sdk_ec2::types::Placement::builder()
-                .availability_zone(ZONE)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("RunInstances");
-    out.instances()[0]
-        .instance_id()
-        .expect("instance id")
-        .to_owned()
+    common::run_instances(ec2, 1).await.remove(0)
 }
 
 async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> aws_sdk_ec2::types::Volume {
