@@ -3,10 +3,13 @@
 //! signature algorithms, nonce replay, 15-minute clock window, STS tokens),
 //! and models disks and snapshots with timed state changes, ClientToken
 //! idempotency, pagination, per-instance operation conflicts, throttling
-//! with `x-acs-retry-after`, and the instance metadata paths.
+//! with `x-acs-retry-after`, and the instance metadata paths. Attach and
+//! detach operations are logged per instance ([`oplog`]) so tests can check
+//! how they overlapped.
 //!
 //! Tests hold a [`FakeEcs`] handle to configure it and look inside.
 
+pub mod oplog;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use oplog::{OpConcurrency, OpEdge, OpEvent, OpKind};
 use verify::{AcceptedKey, RawRequest, Verifier};
 
 /// Why the fake could not start.
@@ -223,6 +227,7 @@ struct Inner {
     errors: BTreeMap<String, u64>,
     throttle: Throttle,
     injected: Vec<(String, u16, String)>,
+    op_log: Vec<OpEvent>,
 }
 
 /// A running fake ECS endpoint. Dropping it stops the server.
@@ -269,6 +274,7 @@ impl FakeEcs {
             errors: BTreeMap::new(),
             throttle: Throttle::default(),
             injected: Vec::new(),
+            op_log: Vec::new(),
         }));
         let app = axum::Router::new()
             .fallback(handle)
@@ -347,6 +353,20 @@ impl FakeEcs {
     /// Number of snapshots.
     pub fn snapshot_count(&self) -> usize {
         lock(&self.inner).snapshots.len()
+    }
+
+    /// The attach/detach log so far, in sequence order (changes that are due
+    /// are applied first, so a finished operation shows its end).
+    pub fn op_log(&self) -> Vec<OpEvent> {
+        let mut inner = lock(&self.inner);
+        inner.advance();
+        inner.op_log.clone()
+    }
+
+    /// Concurrency of every attach/detach so far; see [`OpConcurrency::of`]
+    /// to look at a stretch of [`FakeEcs::op_log`] instead.
+    pub fn op_concurrency(&self) -> OpConcurrency {
+        OpConcurrency::of(&self.op_log())
     }
 }
 
@@ -643,6 +663,18 @@ fn page<T>(
     ))
 }
 
+/// Appends to `log`; the sequence number is the position, so it is unique
+/// and follows the order of the calls (all made under the fake's lock).
+fn push_op(log: &mut Vec<OpEvent>, instance: &str, disk_id: &str, kind: OpKind, edge: OpEdge) {
+    log.push(OpEvent {
+        seq: log.len() as u64,
+        instance: instance.to_owned(),
+        disk_id: disk_id.to_owned(),
+        kind,
+        edge,
+    });
+}
+
 impl Inner {
     fn now(&self) -> SystemTime {
         let now = SystemTime::now();
@@ -653,18 +685,35 @@ impl Inner {
         }
     }
 
-    /// Applies every change whose time has come.
+    /// Applies every change whose time has come, in the order they fell
+    /// due, so the operation log orders ends as the service would have.
     fn advance(&mut self) {
         let now = Instant::now();
-        for disk in self.disks.values_mut() {
-            let due = matches!(&disk.pending, Some((at, _)) if *at <= now);
-            if !due {
+        let mut due: Vec<(Instant, String)> = self
+            .disks
+            .values()
+            .filter_map(|d| match &d.pending {
+                Some((at, _)) if *at <= now => Some((*at, d.public.id.clone())),
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        for (_, id) in due {
+            let Some(disk) = self.disks.get_mut(&id) else {
                 continue;
-            }
+            };
             let Some((_, change)) = disk.pending.take() else {
                 continue;
             };
             let d = &mut disk.public;
+            let finished = match &change {
+                Change::Attached => Some(OpKind::Attach),
+                Change::Detached => Some(OpKind::Detach),
+                _ => None,
+            };
+            if let Some(kind) = finished {
+                push_op(&mut self.op_log, &d.instance, &d.id, kind, OpEdge::End);
+            }
             match change {
                 Change::Created | Change::Detached => {
                     d.status = "Available".into();
@@ -1010,8 +1059,16 @@ impl Inner {
             ));
         }
         disk.public.status = "Attaching".into();
-        disk.public.instance = instance;
+        disk.public.instance = instance.clone();
         disk.pending = Some((Instant::now() + delay, Change::Attached));
+        let disk_id = disk.public.id.clone();
+        push_op(
+            &mut self.op_log,
+            &instance,
+            &disk_id,
+            OpKind::Attach,
+            OpEdge::Start,
+        );
         Ok(json!({}))
     }
 
@@ -1056,6 +1113,14 @@ impl Inner {
         }
         disk.public.status = "Detaching".into();
         disk.pending = Some((Instant::now() + delay, Change::Detached));
+        let disk_id = disk.public.id.clone();
+        push_op(
+            &mut self.op_log,
+            &instance,
+            &disk_id,
+            OpKind::Detach,
+            OpEdge::Start,
+        );
         Ok(json!({}))
     }
 
