@@ -10,15 +10,19 @@
 //! csictl --endpoint unix:///tmp/omnidisk-dev/csi.sock create v2 --size 20Gi --type aliyun
 //! ```
 //!
-//! It needs `python3 -m moto.server` (`pip install 'moto[server]'`). The node
-//! identities are fixed in the configuration (an EC2 instance created in moto,
-//! `i-fake0001` in the fake ECS), so ControllerPublish works; the node side of
-//! the clouds (devices appearing after an attach) is not simulated here: the
-//! providers' tests do that on loop devices.
+//! It needs `python3 -m moto.server` (`scripts/install-test-deps`, or
+//! `pip install 'moto[server]'`), started through the EBS provider's `moto`
+//! module. The node identities are fixed in the configuration (an EC2
+//! instance created in moto, `i-fake0001` in the fake ECS), so
+//! ControllerPublish works. Run as root, EBS node calls work too: the EBS
+//! attachment simulator watches moto and exposes each volume attached to
+//! the instance as a loop device under `<dir>/ebs-node/dev` (with the
+//! by-id link and serial a Nitro node has), grows it after an expansion and
+//! removes it on detach, so NodeStage/NodePublish/NodeExpand run for real.
+//! The Aliyun node side is not simulated.
 
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,42 +30,8 @@ use omnidisk::config::Config;
 use omnidisk::mount::linux::LinuxMounter;
 use omnidisk::{Driver, Mode, providers, server};
 use omnidisk_provider_aliyun_disk::fake_ecs::{FakeEcs, FakeEcsConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// One EC2 query call to moto without signing (moto does not check
-/// signatures; the Authorization header only tells it the service).
-async fn ec2_query(port: u16, body: &str) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
-fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = text.find(open)? + open.len();
-    let end = text[start..].find(close)? + start;
-    Some(&text[start..end])
-}
+use omnidisk_provider_aws_ebs::attach_sim::AttachSimulator;
+use omnidisk_provider_aws_ebs::moto::{Moto, ZONE};
 
 fn lvm_has_omnidisk_vg() -> bool {
     Command::new("vgs")
@@ -82,44 +52,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     std::fs::create_dir_all(&dir)?;
 
-    let moto_port = free_port()?;
-    let _moto = Moto(
-        Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &moto_port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start moto (pip install 'moto[server]'): {e}"))?,
-    );
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", moto_port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !up {
-        return Err("moto did not start".into());
-    }
-    let run = ec2_query(
-        moto_port,
-        "Action=RunInstances&Version=2016-11-15&ImageId=ami-12c6146b&MinCount=1&MaxCount=1&Placement.AvailabilityZone=us-east-1a",
-    )
-    .await?;
-    let ec2_instance = between(&run, "<instanceId>", "</instanceId>")
-        .ok_or("moto did not return an instance ID")?
-        .to_owned();
+    // moto takes a second or two to come up; nothing else runs yet.
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let ec2_instance = moto.run_instances(1).await?.remove(0);
+    // The node side of EBS needs loop devices, so root.
+    let sim = if rustix::process::geteuid().is_root() {
+        let mut sim =
+            AttachSimulator::new(moto.endpoint(), &ec2_instance, &dir.join("ebs-node")).await?;
+        sim.watch(Duration::from_millis(200));
+        Some(sim)
+    } else {
+        None
+    };
+    let ebs_node_roots = match &sim {
+        Some(sim) => format!(
+            "dev_root = {:?}\nsys_root = {:?}\n",
+            sim.dev_root().display().to_string(),
+            sim.sys_root().display().to_string()
+        ),
+        None => String::new(),
+    };
 
     let ecs = FakeEcs::start(FakeEcsConfig::standard()).await?;
     let lvm = if lvm_has_omnidisk_vg() {
@@ -133,18 +85,12 @@ state_dir = "{state}"
 
 [providers.ebs]
 kind = "aws-ebs"
-region = "us-east-1"
-endpoint_url = "http://127.0.0.1:{moto_port}"
-default_zone = "us-east-1a"
-[providers.ebs.credentials]
-source = "static"
-access_key_id = "testing"
-secret_access_key = "testing"
+{ebs_settings}default_zone = "{ZONE}"
 [providers.ebs.node]
 instance_id = "{ec2_instance}"
-zone = "us-east-1a"
+zone = "{ZONE}"
 instance_type = "m5.large"
-
+{ebs_node_roots}
 [providers.aliyun]
 kind = "aliyun-disk"
 region_id = "cn-hangzhou"
@@ -160,6 +106,7 @@ instance_id = "i-fake0001"
 zone_id = "cn-hangzhou-a"
 {lvm}"#,
         state = dir.join("state").display(),
+        ebs_settings = moto.settings_toml(""),
         ecs_endpoint = ecs.endpoint(),
         ecs_metadata = ecs.metadata_base_url(),
     );
@@ -181,7 +128,17 @@ zone_id = "cn-hangzhou-a"
     println!("omnidisk dev cloud ready");
     println!("  CSI socket:   unix://{}", socket.display());
     println!("  config:       {}", config_path.display());
-    println!("  EC2 (moto):   http://127.0.0.1:{moto_port} (instance {ec2_instance})");
+    println!(
+        "  EC2 (moto):   {} (instance {ec2_instance})",
+        moto.endpoint()
+    );
+    match &sim {
+        Some(sim) => println!(
+            "  EBS node:     devices appear under {} after ControllerPublish",
+            sim.dev_root().display()
+        ),
+        None => println!("  EBS node:     not simulated (needs root for loop devices)"),
+    }
     println!("  ECS (fake):   {} (instance i-fake0001)", ecs.endpoint());
     println!(
         "  types:        ebs, aliyun{}",

@@ -6,20 +6,23 @@
 //! installed in a root-owned plugin directory.
 //!
 //! ```sh
-//! cargo test -p omnidisk --features fake,aliyun-disk --test conformance
+//! cargo test -p omnidisk --features "all-providers fake" --test conformance
 //! ```
 //!
 //! Prerequisites, checked per test: the compiled-in runs need the cargo
-//! feature of their kind (`fake`, `aliyun-disk`, `local-lvm`); the dylib
-//! runs need root (the loader only accepts root-owned files); local-lvm
-//! needs root, lvm2 and losetup. Missing ones print SKIPPED and pass, unless
-//! `OMNIDISK_REQUIRE_ALL=1`, where they fail.
+//! feature of their kind (`fake`, `aliyun-disk`, `local-lvm`, `aws-ebs`);
+//! the dylib runs need root (the loader only accepts root-owned files);
+//! local-lvm needs root, lvm2 and losetup; aws-ebs needs moto
+//! (`python3 -m moto.server`, started per test on a free local port).
+//! Missing ones print SKIPPED and pass, unless `OMNIDISK_REQUIRE_ALL=1`,
+//! where they fail.
 //!
 //! Left out by design, and said so in each run's report: local-lvm
 //! snapshots and restore (this host has no device-mapper, so lvm2 runs with
 //! `activation=0` and cannot create snapshots; `tests/vm/lifecycle.sh`
 //! covers them on real LVM in a VM), and everything a provider's
-//! `ProviderInfo` says it does not support.
+//! `ProviderInfo` says it does not support (capacity for both clouds; clone
+//! is not a check of its own, only its advertisement is compared).
 
 #![allow(clippy::unwrap_used)]
 
@@ -37,6 +40,7 @@ use std::collections::BTreeMap;
 use dylibs::Library;
 use harness::{Served, Source};
 use omnidisk_provider_aliyun_disk::fake_ecs::{FakeEcs, FakeEcsConfig};
+use omnidisk_provider_aws_ebs::moto::{Moto, ZONE};
 use suite::{Check, Subject};
 
 const GIB: i64 = 1 << 30;
@@ -114,6 +118,8 @@ async fn conform(subject: Subject, source: &Source, settings: &str, left_out: &[
 
 // ---- fake -------------------------------------------------------------------
 
+/// An instance with default parameters, 1 GiB test volumes and no host
+/// limits (also what EBS runs with: 1 GiB is its smallest gp3 volume).
 fn fake_subject(instance: &str) -> Subject {
     Subject {
         instance: instance.into(),
@@ -217,6 +223,119 @@ async fn aliyun_disk_as_dylib() {
         ecs.disks()
     );
     assert_eq!(ecs.snapshot_count(), 0, "snapshots left behind");
+}
+
+// ---- aws-ebs against moto ------------------------------------------------------
+
+/// A moto server with one instance the driver runs as, and what moto held
+/// before the suite (its built-in public snapshots, the root volume).
+struct EbsCloud {
+    moto: Moto,
+    instance: String,
+    before: omnidisk_provider_aws_ebs::moto::Inventory,
+}
+
+impl EbsCloud {
+    /// `None` (after SKIPPED) when moto is missing and skipping is allowed.
+    async fn start(test: &str) -> Option<Self> {
+        let moto = match Moto::start() {
+            Ok(moto) => moto,
+            Err(e) => {
+                skip(test, &e.to_string());
+                return None;
+            }
+        };
+        let instance = moto.run_instances(1).await.unwrap().remove(0);
+        let before = moto.inventory().await.unwrap();
+        Some(Self {
+            moto,
+            instance,
+            before,
+        })
+    }
+
+    /// Settings for an instance on this moto whose node identity comes
+    /// from the settings (moto's IMDS is unusable, and none is needed).
+    fn settings(&self) -> String {
+        self.moto.settings_toml(&format!(
+            r#"cluster_id = "conformance"
+api_timeout_seconds = 10
+waits = {{ poll_initial_ms = 20, poll_max_ms = 200, batch_window_ms = 10, create_seconds = 20, attach_seconds = 20, detach_seconds = 20, modify_seconds = 20 }}
+node = {{ instance_id = "{}", zone = "{ZONE}", instance_type = "m5.large" }}
+"#,
+            self.instance
+        ))
+    }
+
+    /// Fails if the suite left a volume or snapshot behind in moto.
+    async fn assert_clean(&self) {
+        let left = self.moto.added_since(&self.before).await.unwrap();
+        assert!(left.is_empty(), "left behind in moto: {left:?}");
+        let instance = self
+            .moto
+            .client()
+            .await
+            .describe_instances()
+            .instance_ids(&self.instance)
+            .send()
+            .await
+            .unwrap();
+        let mappings: Vec<_> = instance
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.block_device_mappings())
+            .filter_map(|m| m.device_name())
+            .collect();
+        assert_eq!(
+            mappings.len(),
+            1,
+            "only the root volume stays attached: {mappings:?}"
+        );
+    }
+}
+
+/// EBS has no capacity query: the pool is the account's quota.
+const EBS_LEFT_OUT: &[Check] = &[Check::Capacity];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_ebs_compiled_in() {
+    if !cfg!(feature = "aws-ebs") {
+        return skip(
+            "aws_ebs_compiled_in",
+            "the core's cargo feature `aws-ebs` is off (use --features aws-ebs)",
+        );
+    }
+    let Some(cloud) = EbsCloud::start("aws_ebs_compiled_in").await else {
+        return;
+    };
+    conform(
+        fake_subject("ebs-static"),
+        &builtin("aws-ebs"),
+        &cloud.settings(),
+        EBS_LEFT_OUT,
+    )
+    .await;
+    cloud.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_ebs_as_dylib() {
+    if !can_load_dylibs("aws_ebs_as_dylib") {
+        return;
+    }
+    let Some(cloud) = EbsCloud::start("aws_ebs_as_dylib").await else {
+        return;
+    };
+    let (_plugins, source) = library_source(Library::AwsEbs, "aws-ebs");
+    conform(
+        fake_subject("ebs-dylib"),
+        &source,
+        &cloud.settings(),
+        EBS_LEFT_OUT,
+    )
+    .await;
+    cloud.assert_clean().await;
 }
 
 // ---- local-lvm on a loop-device VG, metadata only -----------------------------

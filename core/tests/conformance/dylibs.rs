@@ -19,6 +19,8 @@ pub enum Library {
     AliyunDisk,
     /// `providers/local-lvm` with feature `dylib`.
     LocalLvm,
+    /// `providers/aws-ebs` with feature `dylib`.
+    AwsEbs,
 }
 
 impl Library {
@@ -29,6 +31,7 @@ impl Library {
             Library::Example => "plugins/example",
             Library::AliyunDisk => "providers/aliyun-disk",
             Library::LocalLvm => "providers/local-lvm",
+            Library::AwsEbs => "providers/aws-ebs",
         }
     }
 
@@ -39,6 +42,7 @@ impl Library {
             Library::Example => "omnidisk_plugin_example",
             Library::AliyunDisk => "omnidisk_provider_aliyun_disk",
             Library::LocalLvm => "omnidisk_provider_local_lvm",
+            Library::AwsEbs => "omnidisk_provider_aws_ebs",
         }
     }
 
@@ -46,7 +50,7 @@ impl Library {
     fn features(self) -> &'static [&'static str] {
         match self {
             Library::Fake | Library::Example => &[],
-            Library::AliyunDisk | Library::LocalLvm => &["dylib"],
+            Library::AliyunDisk | Library::LocalLvm | Library::AwsEbs => &["dylib"],
         }
     }
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{FAST_WAITS, Moto, ZONE, ensure_moto, run_instances, sdk_client, settings_toml};
+use common::{FAST_WAITS, Moto, ZONE, settings_toml};
 use omnidisk_provider_api::Provider;
 use omnidisk_provider_api::observe::{self, Observer};
 use omnidisk_provider_api::types::*;
@@ -43,9 +43,9 @@ impl Observer for Counter {
 
 /// Sequential direct calls: what moto alone needs for the mutating work.
 async fn floor(moto: &Moto) -> Duration {
-    moto.reset();
-    let ec2 = sdk_client(&moto.url).await;
-    let instances = run_instances(&ec2, INSTANCES as i32).await;
+    moto.reset().expect("reset moto");
+    let ec2 = moto.client().await;
+    let instances = moto.run_instances(INSTANCES).await.expect("RunInstances");
     let started = Instant::now();
     for i in 0..VOLUMES {
         let vol = ec2
@@ -72,12 +72,11 @@ async fn floor(moto: &Moto) -> Duration {
 
 /// Creates and publishes the volumes concurrently through the provider.
 async fn through_provider(moto: &Moto, instance: &str, waits: &str) -> Duration {
-    moto.reset();
-    let ec2 = sdk_client(&moto.url).await;
-    let nodes = run_instances(&ec2, INSTANCES as i32).await;
+    moto.reset().expect("reset moto");
+    let nodes = moto.run_instances(INSTANCES).await.expect("RunInstances");
     let provider: Arc<dyn Provider> = (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
         instance: instance.into(),
-        settings_toml: settings_toml(&moto.url, waits),
+        settings_toml: settings_toml(moto, waits),
         node_name: "bench".into(),
         mode: "controller".into(),
     })
@@ -159,21 +158,23 @@ fn report(label: &str, instance: &str, tally: &Tally, wall: Duration, floor: Dur
 
 fn main() {
     // `cargo bench` passes `--bench`; anything else (a filter) is ignored.
-    if let Err(why) = ensure_moto() {
-        eprintln!("SKIPPED budget: moto unavailable: {why}");
-        if common::require_all() {
-            std::process::exit(1);
-        }
-        return;
-    }
     let tally = Arc::new(Mutex::new(Tally::new()));
     observe::install(Box::new(Counter(Arc::clone(&tally))));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let moto = match Moto::start() {
+        Ok(moto) => moto,
+        Err(why) => {
+            eprintln!("SKIPPED budget: {why}");
+            if common::require_all() {
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
     runtime.block_on(async {
-        let moto = Moto::start();
         let floor = floor(&moto).await;
         println!(
             "floor: {VOLUMES} CreateVolume + {VOLUMES} AttachVolume, sequential, direct: {:.3} s",

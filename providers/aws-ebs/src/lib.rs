@@ -4,11 +4,17 @@
 //! behind the narrow [`client::Ec2Api`] trait; the node side finds NVMe
 //! devices by serial and learns its identity from settings or IMDSv2.
 //! See `README.md` for parameters, settings and the topology scheme.
+//!
+//! With the `moto` feature, [`moto`] runs a local moto EC2 server and
+//! [`attach_sim`] plays a node's side of attachments on loop devices, for
+//! tests and the development harness.
 
 // The dylib export macro expands `#[no_mangle]` exports here; everything
 // else in this crate is safe code.
 #![cfg_attr(not(feature = "dylib"), forbid(unsafe_code))]
 
+#[cfg(feature = "moto")]
+pub mod attach_sim;
 pub mod batcher;
 pub mod client;
 pub mod device;
@@ -16,6 +22,8 @@ pub mod errors;
 pub mod ids;
 pub mod imds;
 pub mod limits;
+#[cfg(feature = "moto")]
+pub mod moto;
 pub mod params;
 pub mod provider;
 pub mod retry;

@@ -1,142 +1,31 @@
-//! Node-side discovery on real block devices: an attachment simulator turns
-//! every attachment moto reports into a loop device exposed the way udev
-//! and sysfs expose an EBS NVMe volume, under a temporary device root and
-//! sysfs root, and the provider's `find_device` must find it and check its
-//! serial. Stale by-id links must never lead to another volume's device.
+//! Node-side discovery on real block devices: the crate's attachment
+//! simulator turns every attachment moto reports into a loop device exposed
+//! the way udev and sysfs expose an EBS NVMe volume, under a temporary
+//! device root and sysfs root, and the provider's `find_device` must find
+//! it and check its serial. Stale by-id links must never lead to another
+//! volume's device. The simulator itself is checked too: devices go on
+//! detach, grow when moto reports a larger size, keep their data across
+//! re-attach, and lose their file when the volume is deleted.
 //!
 //! Needs root (losetup) and moto. Without them the test says SKIPPED; with
 //! `OMNIDISK_REQUIRE_ALL=1` it fails instead.
 
 mod common;
 
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
-use common::{
-    FAST_WAITS, Moto, ZONE, ensure_moto, require_all, run_instances, sdk_client, settings_toml,
-};
+use common::{FAST_WAITS, ZONE, require_all, settings_toml, start_moto};
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
-use omnidisk_provider_aws_ebs::device::BY_ID_PREFIX;
+use omnidisk_provider_aws_ebs::attach_sim::AttachSimulator;
 use omnidisk_provider_aws_ebs::provider::{DEVICE_PATH_KEY, ZONE_KEY};
 
-/// A loop device over a sparse file, detached on drop (also when the test
-/// panics half-way).
-struct LoopDevice {
-    node: PathBuf,
-}
-
-impl LoopDevice {
-    fn new(backing: &Path) -> Result<Self, String> {
-        let file = std::fs::File::create(backing).map_err(|e| format!("backing file: {e}"))?;
-        file.set_len(16 << 20)
-            .map_err(|e| format!("backing file size: {e}"))?;
-        let out = Command::new("losetup")
-            .arg("-f")
-            .arg("--show")
-            .arg(backing)
-            .output()
-            .map_err(|e| format!("cannot run losetup: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "losetup failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let node = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        Ok(Self { node })
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let status = Command::new("losetup").arg("-d").arg(&self.node).status();
-        if !status.is_ok_and(|s| s.success()) {
-            eprintln!("could not detach {}", self.node.display());
-        }
-    }
-}
-
-/// What udev and sysfs would show on a Nitro node, rooted in a temp dir.
-struct AttachmentSimulator {
-    dir: tempfile::TempDir,
-    loops: Vec<LoopDevice>,
-}
-
-impl AttachmentSimulator {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("dev/disk/by-id")).expect("dev root");
-        std::fs::create_dir_all(dir.path().join("sys/block")).expect("sys root");
-        std::fs::create_dir_all(dir.path().join("backing")).expect("backing dir");
-        Self {
-            dir,
-            loops: Vec::new(),
-        }
-    }
-
-    fn dev_root(&self) -> PathBuf {
-        self.dir.path().join("dev")
-    }
-
-    fn sys_root(&self) -> PathBuf {
-        self.dir.path().join("sys")
-    }
-
-    fn by_id(&self, volume_id: &str) -> PathBuf {
-        self.dev_root()
-            .join("disk/by-id")
-            .join(format!("{BY_ID_PREFIX}{}", volume_id.replace('-', "")))
-    }
-
-    /// Exposes a fresh loop device as NVMe namespace `name` holding
-    /// `volume_id`: `/dev/<name>` (a link to the loop node), its sysfs serial
-    /// (the volume ID without dash, space-padded to 20 like EBS), the by-id
-    /// link, and udev's alias for the device name given at attach time.
-    /// Returns the loop device node.
-    fn attach(&mut self, name: &str, volume_id: &str, published: &str) -> PathBuf {
-        let lo = LoopDevice::new(&self.dir.path().join("backing").join(name))
-            .unwrap_or_else(|e| panic!("loop device for {volume_id}: {e}"));
-        let node = lo.node.clone();
-        self.loops.push(lo);
-        symlink(&node, self.dev_root().join(name)).expect("device link");
-        let sys = self.sys_root().join("block").join(name).join("device");
-        std::fs::create_dir_all(&sys).expect("sysfs dir");
-        let serial = volume_id.replace('-', "");
-        std::fs::write(sys.join("serial"), format!("{serial:<20}\n")).expect("serial");
-        self.link_by_id(volume_id, name);
-        let alias = published
-            .strip_prefix("/dev/")
-            .expect("published under /dev");
-        symlink(name, self.dev_root().join(alias)).expect("alias link");
-        node
-    }
-
-    /// Points `volume_id`'s by-id link at device `name`, as a stale udev
-    /// link left over from an earlier attachment would.
-    fn link_by_id(&self, volume_id: &str, name: &str) {
-        let link = self.by_id(volume_id);
-        let _ = std::fs::remove_file(&link);
-        symlink(format!("../../{name}"), link).expect("by-id link");
-    }
-
-    /// What a detach leaves: the device, its sysfs entry and its alias go,
-    /// the by-id link may stay behind.
-    fn detach(&self, name: &str, published: &str) {
-        std::fs::remove_file(self.dev_root().join(name)).expect("remove device link");
-        std::fs::remove_dir_all(self.sys_root().join("block").join(name)).expect("remove sysfs");
-        let alias = published
-            .strip_prefix("/dev/")
-            .expect("published under /dev");
-        std::fs::remove_file(self.dev_root().join(alias)).expect("remove alias");
-    }
-}
-
-/// The reason this test cannot run here, if any.
+/// The reason this test cannot run here (moto aside), if any.
 fn missing_prerequisite() -> Option<String> {
-    let uid = Command::new("id")
+    let uid = std::process::Command::new("id")
         .arg("-u")
         .output()
         .ok()
@@ -147,7 +36,7 @@ fn missing_prerequisite() -> Option<String> {
     if !Path::new("/dev/loop-control").exists() {
         return Some("no /dev/loop-control".into());
     }
-    ensure_moto().err()
+    None
 }
 
 /// The same block device (device number), whatever links lead to it.
@@ -156,6 +45,14 @@ fn same_device(a: &Path, b: &Path) -> bool {
         return false;
     };
     ma.file_type().is_block_device() && mb.file_type().is_block_device() && ma.rdev() == mb.rdev()
+}
+
+/// The size the kernel gives a loop device, in bytes.
+fn kernel_size(loop_device: &Path) -> u64 {
+    let name = loop_device.file_name().expect("loop device name");
+    let sectors = std::fs::read_to_string(Path::new("/sys/class/block").join(name).join("size"))
+        .expect("loop device size in sysfs");
+    sectors.trim().parse::<u64>().expect("sectors") * 512
 }
 
 fn find(volume_id: &str, ctx: &AttachResponse) -> FindDeviceRequest {
@@ -168,20 +65,26 @@ fn find(volume_id: &str, ctx: &AttachResponse) -> FindDeviceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_and_serial_check_on_loop_devices() {
+    const TEST: &str = "discovery_and_serial_check_on_loop_devices";
     if let Some(why) = missing_prerequisite() {
         if require_all() {
-            panic!("attach_loop needs root, loop devices and moto (OMNIDISK_REQUIRE_ALL=1): {why}");
+            panic!("attach_loop needs root and loop devices (OMNIDISK_REQUIRE_ALL=1): {why}");
         }
-        eprintln!("SKIPPED discovery_and_serial_check_on_loop_devices: {why}");
+        eprintln!("SKIPPED {TEST}: {why}");
         return;
     }
-    let moto = Moto::start();
-    let ec2 = sdk_client(&moto.url).await;
-    let mut sim = AttachmentSimulator::new();
+    let Some(moto) = start_moto(TEST) else {
+        return;
+    };
+    let instance = moto.run_instances(1).await.expect("RunInstances").remove(0);
+    let root = tempfile::tempdir().expect("tempdir");
+    let sim = AttachSimulator::new(moto.endpoint(), &instance, root.path())
+        .await
+        .expect("simulator");
 
     let controller: Arc<dyn Provider> = (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
         instance: "ebs".into(),
-        settings_toml: settings_toml(&moto.url, FAST_WAITS),
+        settings_toml: settings_toml(&moto, FAST_WAITS),
         node_name: "node-1".into(),
         mode: "controller".into(),
     })
@@ -194,14 +97,17 @@ async fn discovery_and_serial_check_on_loop_devices() {
     );
     let node: Arc<dyn Provider> = (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
         instance: "ebs".into(),
-        settings_toml: settings_toml(&moto.url, &format!("{FAST_WAITS}\n{node_section}")),
+        settings_toml: settings_toml(&moto, &format!("{FAST_WAITS}\n{node_section}")),
         node_name: "node-1".into(),
         mode: "node".into(),
     })
     .await
     .expect("node provider");
 
-    let instance = run_instances(&ec2, 1).await.remove(0);
+    // The instance's root volume is not simulated.
+    let first = sim.sync().await.expect("first pass");
+    assert!(first.is_empty(), "{first:?}");
+
     let mut volumes = Vec::new();
     for name in ["pvc-a", "pvc-b"] {
         let vol = controller
@@ -230,36 +136,45 @@ async fn discovery_and_serial_check_on_loop_devices() {
     assert_ne!(published_a, published_b);
 
     // Only now, after moto reports the attachments, do the devices appear.
-    let loop_a = sim.attach("nvme1n1", a, &published_a);
-    let loop_b = sim.attach("nvme2n1", b, &published_b);
+    assert!(sim.device(a).is_none());
+    let report = sim.sync().await.expect("pass after attach");
+    let mut appeared = report.appeared.clone();
+    appeared.sort();
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(appeared, expected, "{report:?}");
+    let dev_a = sim.device(a).expect("A's device");
+    let dev_b = sim.device(b).expect("B's device");
+    assert_ne!(dev_a.name, dev_b.name);
+    assert_eq!(dev_a.size_bytes, GIB as u64);
+    assert_eq!(kernel_size(&dev_a.loop_device), GIB as u64);
+    assert_eq!(dev_a.published.as_deref(), Some(published_a.as_str()));
+    assert!(sim.sync().await.expect("idle pass").is_empty());
 
-    for (vol, ctx, lo, name) in [
-        (a, ctx_a, &loop_a, "nvme1n1"),
-        (b, ctx_b, &loop_b, "nvme2n1"),
-    ] {
+    for (vol, ctx, dev) in [(a, ctx_a, &dev_a), (b, ctx_b, &dev_b)] {
         let found = node.find_device(find(vol, ctx)).await.expect("find_device");
-        assert_eq!(PathBuf::from(&found.device_path), sim.dev_root().join(name));
+        assert_eq!(Path::new(&found.device_path), dev.path);
         assert!(
-            same_device(Path::new(&found.device_path), lo),
+            same_device(Path::new(&found.device_path), &dev.loop_device),
             "{} is not {}",
             found.device_path,
-            lo.display()
+            dev.loop_device.display()
         );
     }
 
     // A stale link to B's device while A's device is present elsewhere:
     // the serial scan finds A's real device.
-    sim.link_by_id(a, "nvme2n1");
+    sim.point_by_id(a, &dev_b.name).expect("stale link");
     let found = node
         .find_device(find(a, ctx_a))
         .await
         .expect("find_device after scan");
     assert!(
-        same_device(Path::new(&found.device_path), &loop_a),
+        same_device(Path::new(&found.device_path), &dev_a.loop_device),
         "{found:?}"
     );
     assert!(
-        !same_device(Path::new(&found.device_path), &loop_b),
+        !same_device(Path::new(&found.device_path), &dev_b.loop_device),
         "{found:?}"
     );
 
@@ -272,7 +187,14 @@ async fn discovery_and_serial_check_on_loop_devices() {
         })
         .await
         .expect("detach");
-    sim.detach("nvme1n1", &published_a);
+    let report = sim.sync().await.expect("pass after detach");
+    assert_eq!(report.removed, vec![a.clone()], "{report:?}");
+    assert!(sim.device(a).is_none());
+    assert!(!dev_a.path.exists(), "A's device node went with the detach");
+    assert_eq!(
+        std::fs::read_link(sim.by_id_path(a).expect("path")).expect("the stale link stays"),
+        Path::new("../..").join(&dev_b.name)
+    );
     let err = node
         .find_device(find(a, ctx_a))
         .await
@@ -286,7 +208,7 @@ async fn discovery_and_serial_check_on_loop_devices() {
 
     // Worse: A's published name now aliases B's device too. Refused outright.
     symlink(
-        "nvme2n1",
+        &dev_b.name,
         sim.dev_root().join(published_a.trim_start_matches("/dev/")),
     )
     .expect("stale alias");
@@ -308,5 +230,82 @@ async fn discovery_and_serial_check_on_loop_devices() {
 
     // B is unaffected.
     let found = node.find_device(find(b, ctx_b)).await.expect("find B");
-    assert!(same_device(Path::new(&found.device_path), &loop_b));
+    assert!(same_device(
+        Path::new(&found.device_path),
+        &dev_b.loop_device
+    ));
+
+    // Growing B in moto grows its loop device.
+    let grown = controller
+        .expand_volume(ExpandVolumeRequest {
+            volume_id: b.clone(),
+            required_bytes: 2 * GIB,
+            ..ExpandVolumeRequest::default()
+        })
+        .await
+        .expect("expand");
+    assert_eq!(grown.capacity_bytes, 2 * GIB);
+    let report = sim.sync().await.expect("pass after expand");
+    assert_eq!(report.grown, vec![b.clone()], "{report:?}");
+    assert_eq!(kernel_size(&dev_b.loop_device), 2 * GIB as u64);
+    assert_eq!(sim.device(b).expect("B").size_bytes, 2 * GIB as u64);
+
+    // Data written to B survives detach and re-attach, as on EBS.
+    let marker = b"written before the detach";
+    {
+        let mut disk = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dev_b.loop_device)
+            .expect("open B's device");
+        disk.seek(SeekFrom::Start(1 << 20)).expect("seek");
+        disk.write_all(marker).expect("write");
+        disk.sync_all().expect("sync");
+    }
+    controller
+        .detach_volume(DetachRequest {
+            volume_id: b.clone(),
+            node_id: instance.clone(),
+        })
+        .await
+        .expect("detach B");
+    assert_eq!(sim.sync().await.expect("pass").removed, vec![b.clone()]);
+    controller
+        .attach_volume(AttachRequest {
+            volume_id: b.clone(),
+            node_id: instance.clone(),
+            ..AttachRequest::default()
+        })
+        .await
+        .expect("re-attach B");
+    assert_eq!(sim.sync().await.expect("pass").appeared, vec![b.clone()]);
+    let again = sim.device(b).expect("B's device again");
+    let mut read = vec![0u8; marker.len()];
+    let mut disk = std::fs::File::open(&again.loop_device).expect("open B's device");
+    disk.seek(SeekFrom::Start(1 << 20)).expect("seek");
+    disk.read_exact(&mut read).expect("read");
+    assert_eq!(&read, marker);
+    drop(disk);
+
+    // Deleting the volumes removes their files.
+    controller
+        .detach_volume(DetachRequest {
+            volume_id: b.clone(),
+            node_id: instance.clone(),
+        })
+        .await
+        .expect("detach B again");
+    for (vol, _) in &volumes {
+        controller
+            .delete_volume(VolumeRef {
+                volume_id: vol.clone(),
+            })
+            .await
+            .expect("delete");
+    }
+    sim.sync().await.expect("pass after delete");
+    assert!(sim.devices().is_empty());
+    let files = std::fs::read_dir(root.path().join("volumes"))
+        .expect("volume files")
+        .count();
+    assert_eq!(files, 0, "volume files left after delete");
 }

@@ -1,23 +1,23 @@
 //! The whole controller life cycle over the real EC2 wire protocol, against
-//! a `moto_server` on 127.0.0.1 started (and installed, if missing) here.
+//! a `moto_server` on 127.0.0.1 started here (the crate's `moto` module).
 //!
-//! With `OMNIDISK_REQUIRE_ALL=1` a missing moto that cannot be installed is
-//! a failure; otherwise the test says loudly that it did not run.
+//! With `OMNIDISK_REQUIRE_ALL=1` a missing moto is a failure; otherwise the
+//! test says loudly that it did not run.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{Moto, ZONE, ensure_moto, require_all, sdk_client};
+use common::{Moto, ZONE, start_moto};
 
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
 use omnidisk_provider_aws_ebs::provider::{DEVICE_PATH_KEY, NAME_TAG, ZONE_KEY};
 
-fn settings_toml(endpoint: &str) -> String {
+fn settings_toml(moto: &Moto) -> String {
     common::settings_toml(
-        endpoint,
+        moto,
         &format!(
             "[extra_tags]\nowner = \"omnidisk-tests\"\n{}",
             common::FAST_WAITS
@@ -25,8 +25,8 @@ fn settings_toml(endpoint: &str) -> String {
     )
 }
 
-async fn run_instance(ec2: &aws_sdk_ec2::Client) -> String {
-    common::run_instances(ec2, 1).await.remove(0)
+async fn run_instance(moto: &Moto) -> String {
+    moto.run_instances(1).await.expect("RunInstances").remove(0)
 }
 
 async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> aws_sdk_ec2::types::Volume {
@@ -66,19 +66,14 @@ fn create(name: &str, gib: i64, p: &[(&str, &str)]) -> CreateVolumeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_life_cycle_against_moto() {
-    if let Err(why) = ensure_moto() {
-        if require_all() {
-            panic!("moto is required (OMNIDISK_REQUIRE_ALL=1) but unavailable: {why}");
-        }
-        eprintln!("SKIPPED controller_life_cycle_against_moto: {why}");
+    let Some(moto) = start_moto("controller_life_cycle_against_moto") else {
         return;
-    }
-    let moto = Moto::start();
-    let ec2 = sdk_client(&moto.url).await;
+    };
+    let ec2 = moto.client().await;
 
     let provider: Arc<dyn Provider> = (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
         instance: "ebs".into(),
-        settings_toml: settings_toml(&moto.url),
+        settings_toml: settings_toml(&moto),
         node_name: "node-1".into(),
         mode: "controller".into(),
     })
@@ -157,8 +152,8 @@ async fn controller_life_cycle_against_moto() {
     );
 
     // Attach.
-    let node_a = run_instance(&ec2).await;
-    let node_b = run_instance(&ec2).await;
+    let node_a = run_instance(&moto).await;
+    let node_b = run_instance(&moto).await;
     let attach = |node: &str| AttachRequest {
         volume_id: vol.id.clone(),
         node_id: node.to_owned(),
