@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use omnidisk::plugin::{PluginError, load};
+use omnidisk_provider_api::ffi::abi::{ABI_MAJOR, ABI_MINOR, AbiVersion};
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
 use tempfile::TempDir;
@@ -35,6 +36,7 @@ struct Built {
     abi_v2: PathBuf,
     no_entry: PathBuf,
     newer_minor: PathBuf,
+    abi_1_0: PathBuf,
 }
 
 fn workspace_root() -> PathBuf {
@@ -118,6 +120,13 @@ fn built() -> &'static Built {
                 &stash,
                 "newer-minor.so",
             ),
+            abi_1_0: cargo_build(
+                "misbehaving",
+                misbehaving,
+                &["abi-1-0"],
+                &stash,
+                "abi-1-0.so",
+            ),
         }
     })
 }
@@ -170,10 +179,14 @@ fn plugin_dir() -> Option<TempDir> {
 }
 
 /// Copies `library` into `dir` as `name` with `mode`.
+/// Goes through a new file and a rename, as an operator's upgrade should:
+/// rewriting a library in place would change code this process has mapped.
 fn install(dir: &Path, library: &Path, name: &str, mode: u32) -> PathBuf {
     let path = dir.join(name);
-    fs::copy(library, &path).expect("install library");
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+    let fresh = dir.join(format!(".{name}.new"));
+    fs::copy(library, &fresh).expect("install library");
+    fs::set_permissions(&fresh, fs::Permissions::from_mode(mode)).expect("chmod");
+    fs::rename(&fresh, &path).expect("move the library in place");
     path
 }
 
@@ -205,9 +218,30 @@ async fn load_misbehaving(
     settings: &str,
     timeout: Duration,
 ) -> Arc<dyn Provider> {
-    install(dir, &built().misbehaving, "libmisbehaving.so", 0o644);
+    let misbehaving = &built().misbehaving;
+    load_built(
+        dir,
+        misbehaving,
+        "libmisbehaving.so",
+        instance,
+        settings,
+        timeout,
+    )
+    .await
+}
+
+/// Installs `library` in `dir` as `file` and loads it.
+async fn load_built(
+    dir: &Path,
+    library: &Path,
+    file: &str,
+    instance: &str,
+    settings: &str,
+    timeout: Duration,
+) -> Arc<dyn Provider> {
+    install(dir, library, file, 0o644);
     load(
-        Path::new("libmisbehaving.so"),
+        Path::new(file),
         dir,
         None,
         init(instance, settings),
@@ -507,20 +541,27 @@ fn example_provider_round_trips_every_trait_method() {
 #[test]
 fn a_panicking_call_is_internal_and_the_instance_keeps_serving() {
     let Some(dir) = plugin_dir() else { return };
-    run(async {
-        let p =
-            load_misbehaving(dir.path(), "panicky", "behaviour = \"panic\"", CALL_TIMEOUT).await;
-        for _ in 0..2 {
-            let err = p.create_volume(volume_request("v", MIB)).await.unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::Internal);
-            assert!(
-                err.message().contains("panicked") && err.message().contains("on purpose"),
-                "{err}"
-            );
-            assert!(err.message().contains("libmisbehaving.so"), "{err}");
-            assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
-        }
-    });
+    // `panic` panics in the first poll, on the caller's thread; `panic-later`
+    // after the call went pending, on the dylib's own threads.
+    for (instance, behaviour, said) in [
+        ("panicky", "panic", "on purpose in create_volume"),
+        ("latepanic", "panic-later", "on purpose after waiting"),
+    ] {
+        run(async {
+            let settings = format!("behaviour = \"{behaviour}\"");
+            let p = load_misbehaving(dir.path(), instance, &settings, CALL_TIMEOUT).await;
+            for _ in 0..2 {
+                let err = p.create_volume(volume_request("v", MIB)).await.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Internal);
+                assert!(
+                    err.message().contains("panicked") && err.message().contains(said),
+                    "{err}"
+                );
+                assert!(err.message().contains("libmisbehaving.so"), "{err}");
+                assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
+            }
+        });
+    }
 }
 
 #[test]
@@ -545,6 +586,81 @@ fn a_hung_call_ends_with_deadline_exceeded_and_the_executor_stays_free() {
         let again = p.create_volume(volume_request("v", MIB)).await.unwrap_err();
         assert!(again.message().contains("2 calls"), "{again}");
     });
+}
+
+#[test]
+fn calls_that_wait_finish_on_the_dylibs_threads() {
+    let Some(dir) = plugin_dir() else { return };
+    run(async {
+        // `slow` sleeps on the dylib's timer: its first poll is pending, so
+        // the answer comes back through the completion callback while this
+        // single-threaded executor keeps going.
+        let p = load_misbehaving(dir.path(), "slow", "behaviour = \"slow\"", CALL_TIMEOUT).await;
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let p = Arc::clone(&p);
+            calls.spawn(async move {
+                let volume = p
+                    .create_volume(volume_request(&format!("v{i}"), MIB + i))
+                    .await;
+                (i, volume)
+            });
+        }
+        let mut answered = 0;
+        while let Some(joined) = calls.join_next().await {
+            let (i, volume) = joined.unwrap();
+            let volume = volume.unwrap();
+            assert_eq!(volume.id, format!("v{i}"));
+            assert_eq!(volume.capacity_bytes, MIB + i);
+            answered += 1;
+        }
+        assert_eq!(answered, 16);
+        assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
+    });
+}
+
+#[test]
+fn an_abi_1_0_library_is_served_through_its_blocking_entry() {
+    let Some(dir) = plugin_dir() else { return };
+    let old = &built().abi_1_0;
+    run(async {
+        let p = load_built(
+            dir.path(),
+            old,
+            "libold.so",
+            "old",
+            "behaviour = \"slow\"",
+            CALL_TIMEOUT,
+        )
+        .await;
+        let v = p.create_volume(volume_request("v", MIB)).await.unwrap();
+        assert_eq!((v.id.as_str(), v.capacity_bytes), ("v", MIB));
+        let err = p
+            .get_volume(VolumeRef {
+                volume_id: "vol-x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+
+        // The blocking path keeps its timeout.
+        let hung = load_built(
+            dir.path(),
+            old,
+            "liboldhang.so",
+            "oldhang",
+            "behaviour = \"hang\"",
+            Duration::from_millis(300),
+        )
+        .await;
+        let err = hung
+            .create_volume(volume_request("v", MIB))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+        assert_eq!(hung.node_info().await.unwrap().node_id, "node-a");
+    });
+    assert!(logged().contains("abi=1.0"), "{}", logged());
 }
 
 #[test]
@@ -615,7 +731,9 @@ fn another_abi_major_is_refused_naming_both_versions() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("libv2.so") && text.contains("ABI 2.0") && text.contains("ABI 1.0"),
+        text.contains("libv2.so")
+            && text.contains("ABI 2.0")
+            && text.contains(&format!("ABI {}", AbiVersion::CURRENT)),
         "{text}"
     );
 }
@@ -636,7 +754,8 @@ fn a_newer_minor_version_with_a_larger_table_still_loads() {
         .unwrap();
         assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
     });
-    assert!(logged().contains("abi=1.7"), "{}", logged());
+    let claimed = format!("abi={ABI_MAJOR}.{}", ABI_MINOR + 7);
+    assert!(logged().contains(&claimed), "{}", logged());
 }
 
 #[test]

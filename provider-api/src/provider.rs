@@ -112,8 +112,11 @@ pub struct ProviderFactory {
     /// The kind name used in the configuration (`kind = "local-lvm"`).
     pub kind: &'static str,
     /// Creates an instance from its settings.
-    pub create: fn(InitRequest) -> BoxFuture<'static, Result<Arc<dyn Provider>>>,
+    pub create: CreateInstance,
 }
+
+/// The signature of [`ProviderFactory::create`].
+pub type CreateInstance = fn(InitRequest) -> BoxFuture<'static, Result<Arc<dyn Provider>>>;
 
 impl std::fmt::Debug for ProviderFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -8,19 +8,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use omnidisk_provider_api::ffi::abi::{
-    AbiVersion, BorrowedBytes, CallFn, FreeBufFn, Method, PluginBuf, Status,
+    AbiVersion, BorrowedBytes, CallFn, FreeBufFn, Method, PluginBuf, StartFn, Status,
 };
 use omnidisk_provider_api::ffi::decode_abi_error;
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider, ProviderError, Result};
 use prost::Message;
+use tokio::sync::oneshot;
 
 use super::library::Created;
 
-/// The dylib functions and instance pointer, copied to each blocking call.
+/// The dylib functions and instance pointer, copied to each call.
 #[derive(Clone, Copy)]
 struct RawInstance {
     call: CallFn,
+    start: Option<StartFn>,
     free_buf: FreeBufFn,
     instance: *const c_void,
 }
@@ -41,8 +43,8 @@ enum Outcome<T> {
 }
 
 impl RawInstance {
-    /// Calls `method` and decodes the answer while the dylib's buffer is
-    /// still borrowed, then returns the buffer. Blocks the calling thread.
+    /// Calls `method` through the blocking entry point (all a 1.0 dylib
+    /// has). Blocks the calling thread.
     fn call<T: Message + Default>(self, method: Method, request: &[u8]) -> Outcome<T> {
         let mut out = PluginBuf::EMPTY;
         // SAFETY: the instance is live for the process, `request` outlives
@@ -55,6 +57,12 @@ impl RawInstance {
                 &mut out,
             )
         };
+        self.outcome(status, out)
+    }
+
+    /// Decodes what the dylib answered while its buffer is still borrowed,
+    /// then returns the buffer to the dylib.
+    fn outcome<T: Message + Default>(self, status: u32, out: PluginBuf) -> Outcome<T> {
         let bytes: &[u8] = if out.ptr.is_null() {
             &[]
         } else {
@@ -77,9 +85,49 @@ impl RawInstance {
     }
 }
 
-/// A provider instance living in a dylib. Calls run on tokio's blocking
-/// pool with a timeout; a call that overruns it is abandoned (its thread
-/// stays blocked in the dylib until the dylib returns).
+/// The answer to a pending call, as the dylib's completion hands it over.
+struct Answer {
+    status: u32,
+    buf: PluginBuf,
+}
+
+// SAFETY: the buffer is plain memory of the dylib, freed through its
+// thread-safe `free_buf` by whichever thread ends up owning it.
+unsafe impl Send for Answer {}
+
+/// The context of a pending call: where its answer goes, and the count of
+/// unfinished calls it holds a place in until the dylib answers.
+struct PendingCall {
+    answer: oneshot::Sender<Answer>,
+    free_buf: FreeBufFn,
+    _unfinished: Unfinished,
+}
+
+/// The [`CompleteFn`] the host hands to `start`.
+///
+/// # Safety
+///
+/// `context` is a `Box<PendingCall>` turned into a pointer by
+/// `DylibProvider::start`, passed here once.
+unsafe extern "C" fn complete_call(context: *mut c_void, status: u32, response: PluginBuf) {
+    // SAFETY: as the function's contract says; this takes the box back.
+    let pending = unsafe { Box::from_raw(context.cast::<PendingCall>()) };
+    let free_buf = pending.free_buf;
+    if let Err(unwanted) = pending.answer.send(Answer {
+        status,
+        buf: response,
+    }) {
+        // The caller gave up (timeout): the buffer still goes back.
+        // SAFETY: returned to its allocator exactly once.
+        unsafe { free_buf(unwanted.buf) };
+    }
+}
+
+/// A provider instance living in a dylib. A call starts on the calling
+/// thread and, if it has to wait, goes on on the dylib's runtime (ABI 1.1;
+/// a 1.0 dylib's calls block a thread of tokio's blocking pool instead).
+/// Either way it has a timeout; a call that overruns it is abandoned and
+/// left to finish, or not, inside the dylib.
 pub struct DylibProvider {
     raw: RawInstance,
     info: ProviderInfo,
@@ -124,6 +172,7 @@ impl DylibProvider {
         let mut provider = Self {
             raw: RawInstance {
                 call: created.call,
+                start: created.start,
                 free_buf: created.free_buf,
                 instance: created.instance,
             },
@@ -155,43 +204,125 @@ impl DylibProvider {
         Resp: Message + Default + Send + 'static,
     {
         let bytes = request.encode_to_vec();
-        let raw = self.raw;
+        let outcome = match self.raw.start {
+            Some(start) => self.start(start, method, &bytes).await?,
+            None => self.call_blocking(method, bytes).await?,
+        };
+        self.finish(method, outcome)
+    }
+
+    /// A place in the count of unfinished calls, until dropped.
+    fn unfinished(&self) -> Unfinished {
         self.unfinished.fetch_add(1, Ordering::Relaxed);
-        let unfinished = Unfinished(Arc::clone(&self.unfinished));
+        Unfinished(Arc::clone(&self.unfinished))
+    }
+
+    /// ABI 1.1: the call starts on this thread; if it has to wait, it goes
+    /// on in the dylib and answers through [`complete_call`].
+    async fn start<Resp: Message + Default>(
+        &self,
+        start: StartFn,
+        method: Method,
+        request: &[u8],
+    ) -> Result<Outcome<Resp>> {
+        let answered = match self.begin(start, method, request) {
+            Ok(finished) => return Ok(finished),
+            Err(answered) => answered,
+        };
+        match tokio::time::timeout(self.call_timeout, answered).await {
+            Err(_) => Err(self.abandoned(method)),
+            Ok(Err(_)) => Err(ProviderError::internal(format!(
+                "provider library {} dropped {method} without an answer",
+                self.library.display()
+            ))),
+            Ok(Ok(answer)) => Ok(self.raw.outcome(answer.status, answer.buf)),
+        }
+    }
+
+    /// The synchronous part of [`Self::start`]: the outcome if the call
+    /// finished at once, else where its answer will arrive.
+    fn begin<Resp: Message + Default>(
+        &self,
+        start: StartFn,
+        method: Method,
+        request: &[u8],
+    ) -> std::result::Result<Outcome<Resp>, oneshot::Receiver<Answer>> {
+        let (answer, answered) = oneshot::channel();
+        let context = Box::into_raw(Box::new(PendingCall {
+            answer,
+            free_buf: self.raw.free_buf,
+            _unfinished: self.unfinished(),
+        }));
+        let mut out = PluginBuf::EMPTY;
+        // SAFETY: the instance is live for the process, `request` outlives
+        // the call, `out` is a valid slot, and `context` stays valid until
+        // `complete_call` takes it back; `start` catches its panics.
+        let status = unsafe {
+            start(
+                self.raw.instance,
+                method as u32,
+                BorrowedBytes::new(request),
+                &mut out,
+                Some(complete_call),
+                context.cast::<c_void>(),
+            )
+        };
+        if status == Status::Pending as u32 {
+            return Err(answered);
+        }
+        // Finished here: the dylib will not call back, the context is ours.
+        // SAFETY: made by `Box::into_raw` above and not handed on.
+        drop(unsafe { Box::from_raw(context) });
+        Ok(self.raw.outcome(status, out))
+    }
+
+    /// ABI 1.0: the call blocks a thread of tokio's blocking pool.
+    async fn call_blocking<Resp: Message + Default + Send + 'static>(
+        &self,
+        method: Method,
+        request: Vec<u8>,
+    ) -> Result<Outcome<Resp>> {
+        let raw = self.raw;
+        let unfinished = self.unfinished();
         let task = tokio::task::spawn_blocking(move || {
             let _unfinished = unfinished;
-            raw.call::<Resp>(method, &bytes)
+            raw.call::<Resp>(method, &request)
         });
-        let outcome = match tokio::time::timeout(self.call_timeout, task).await {
-            Err(_) => {
-                let stuck = self.unfinished.load(Ordering::Relaxed);
-                tracing::warn!(
-                    library = %self.library.display(),
-                    provider_instance = %self.instance,
-                    method = method.name(),
-                    unfinished_calls = stuck,
-                    "provider library call timed out and was abandoned"
-                );
-                return Err(ProviderError::new(
-                    ErrorKind::DeadlineExceeded,
-                    format!(
-                        "provider library {} (instance {}) did not finish {method} within {:?}; \
-                         the call was abandoned ({stuck} calls into it have not returned)",
-                        self.library.display(),
-                        self.instance,
-                        self.call_timeout
-                    ),
-                ));
-            }
-            Ok(Err(join)) => {
-                return Err(ProviderError::internal(format!(
-                    "the thread calling {method} of provider library {} failed",
-                    self.library.display()
-                ))
-                .with_source(join));
-            }
-            Ok(Ok(outcome)) => outcome,
-        };
+        match tokio::time::timeout(self.call_timeout, task).await {
+            Err(_) => Err(self.abandoned(method)),
+            Ok(Err(join)) => Err(ProviderError::internal(format!(
+                "the thread calling {method} of provider library {} failed",
+                self.library.display()
+            ))
+            .with_source(join)),
+            Ok(Ok(outcome)) => Ok(outcome),
+        }
+    }
+
+    /// The error for a call that overran the timeout, which is left to
+    /// finish (or not) on its own.
+    fn abandoned(&self, method: Method) -> ProviderError {
+        let stuck = self.unfinished.load(Ordering::Relaxed);
+        tracing::warn!(
+            library = %self.library.display(),
+            provider_instance = %self.instance,
+            method = method.name(),
+            unfinished_calls = stuck,
+            "provider library call timed out and was abandoned"
+        );
+        ProviderError::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "provider library {} (instance {}) did not finish {method} within {:?}; \
+                 the call was abandoned ({stuck} calls into it have not returned)",
+                self.library.display(),
+                self.instance,
+                self.call_timeout
+            ),
+        )
+    }
+
+    fn finish<Resp>(&self, method: Method, outcome: Outcome<Resp>) -> Result<Resp> {
         match outcome {
             Outcome::Response(response) => Ok(response),
             Outcome::Failed(Status::Error, error) => Err(error),

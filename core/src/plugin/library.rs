@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use omnidisk_provider_api::ffi::abi::{
     ABI_MAJOR, AbiVersion, BorrowedBytes, CallFn, ENTRY_SYMBOL, EntryFn, FreeBufFn, PluginBuf,
-    ProviderApi, Status, VERSION_SYMBOL, VersionFn,
+    ProviderApi, StartFn, Status, VERSION_SYMBOL, VersionFn, read_table,
 };
 use omnidisk_provider_api::ffi::decode_abi_error;
 use omnidisk_provider_api::types::InitRequest;
@@ -86,6 +86,8 @@ pub(super) fn resolve(library: &Path, plugin_dir: &Path) -> Result<PathBuf, Plug
 /// A created instance and the functions to reach it.
 pub(super) struct Created {
     pub(super) call: CallFn,
+    /// Present from ABI 1.1 on; calls into 1.0 dylibs block a thread.
+    pub(super) start: Option<StartFn>,
     pub(super) free_buf: FreeBufFn,
     pub(super) instance: *const c_void,
     pub(super) version: AbiVersion,
@@ -155,9 +157,10 @@ pub(super) fn open_and_create(path: &Path, init: &InitRequest) -> Result<Created
             ProviderApi::V1_0_SIZE
         )));
     }
-    // SAFETY: the table holds at least every 1.0 field (checked above), which
-    // is all of this build's `ProviderApi`; fields beyond it are ignored.
-    let table = unsafe { &*table_ptr };
+    // SAFETY: the table holds at least every 1.0 field (checked above) and
+    // starts with its size; fields it lacks read as zero (`None`), fields
+    // beyond this build's `ProviderApi` are ignored.
+    let table = unsafe { read_table(table_ptr) };
     if table.version.major != ABI_MAJOR {
         return Err(bad_table(format!(
             "its table says ABI {}, its version symbol {version}",
@@ -191,6 +194,7 @@ pub(super) fn open_and_create(path: &Path, init: &InitRequest) -> Result<Created
         unsafe { free_buf(error) };
         return Ok(Created {
             call,
+            start: table.start,
             free_buf,
             instance,
             version,

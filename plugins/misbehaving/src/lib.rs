@@ -29,7 +29,16 @@ pub enum Behaviour {
     Hang,
     /// Return bytes that are not a `Volume`.
     Garbage,
+    /// Wait a little (on the dylib's timer), then create.
+    Slow,
+    /// Wait a little, then panic: the panic happens on the dylib's own
+    /// threads, after the call was handed back as pending.
+    #[serde(rename = "panic-later")]
+    PanicLater,
 }
+
+/// How long `slow` and `panic-later` wait.
+const WAIT: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// Instance settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +115,18 @@ impl Provider for Misbehaving {
         match self.settings.behaviour {
             Behaviour::Panic => panic!("misbehaving provider panics on purpose in create_volume"),
             Behaviour::Hang => std::future::pending().await,
+            Behaviour::PanicLater => {
+                tokio::time::sleep(WAIT).await;
+                panic!("misbehaving provider panics on purpose after waiting")
+            }
+            Behaviour::Slow => {
+                tokio::time::sleep(WAIT).await;
+                Ok(Volume {
+                    id: req.name,
+                    capacity_bytes: req.required_bytes,
+                    ..Default::default()
+                })
+            }
             Behaviour::Ok | Behaviour::Garbage => Ok(Volume {
                 id: req.name,
                 capacity_bytes: req.required_bytes,
@@ -140,7 +161,12 @@ impl Provider for Misbehaving {
     }
 }
 
-#[cfg(not(any(feature = "abi-v2", feature = "no-entry", feature = "newer-minor")))]
+#[cfg(not(any(
+    feature = "abi-v2",
+    feature = "no-entry",
+    feature = "newer-minor",
+    feature = "abi-1-0"
+)))]
 omnidisk_provider_api::__export_provider_with!(
     FACTORY,
     omnidisk_provider_api::ffi::export::ExportOptions {
@@ -157,6 +183,15 @@ omnidisk_provider_api::__export_provider_with!(
             major: omnidisk_provider_api::ffi::abi::ABI_MAJOR,
             minor: omnidisk_provider_api::ffi::abi::ABI_MINOR + 7,
         },
+        response_hook: Some(corrupt),
+    }
+);
+
+#[cfg(feature = "abi-1-0")]
+omnidisk_provider_api::__export_provider_with!(
+    FACTORY,
+    omnidisk_provider_api::ffi::export::ExportOptions {
+        version: omnidisk_provider_api::ffi::abi::AbiVersion { major: 1, minor: 0 },
         response_hook: Some(corrupt),
     }
 );

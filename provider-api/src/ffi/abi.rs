@@ -16,13 +16,13 @@
 
 use std::ffi::c_void;
 use std::fmt;
-use std::mem::{offset_of, size_of};
+use std::mem::{MaybeUninit, offset_of, size_of};
 
 /// The ABI major version this build speaks. Bumped only for a change an
 /// older peer cannot survive; the entry symbol's name changes with it.
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI minor version: bumped when a table grows or a method is added.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// Unversioned symbol (`extern "C" fn() -> AbiVersion`) every dylib exports,
 /// whatever its major, so a host can name both versions in a mismatch.
@@ -130,17 +130,22 @@ pub enum Status {
     /// A pointer argument was null or a host table too small; an
     /// `AbiError` says which.
     BadArgument = 5,
+    /// Only from [`StartFn`] (ABI 1.1): the call waits on something and
+    /// goes on in the dylib; its outcome arrives through the [`CompleteFn`].
+    /// Nothing is in the output buffer.
+    Pending = 6,
 }
 
 impl Status {
     /// Every status, in number order.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Ok,
         Status::Error,
         Status::Panicked,
         Status::UnknownMethod,
         Status::BadRequest,
         Status::BadArgument,
+        Status::Pending,
     ];
 
     /// The status for a number; `None` for a number from a newer peer.
@@ -317,6 +322,30 @@ pub type CallFn = unsafe extern "C" fn(
     response_out: *mut PluginBuf,
 ) -> u32;
 
+/// Receives the outcome of a call that [`StartFn`] left [`Status::Pending`]:
+/// its final status (never `Pending`) and the buffer that goes with it, as
+/// [`CallFn`] would have written them. Called exactly once per pending call,
+/// from any thread of the dylib; the host frees `response` as usual.
+pub type CompleteFn = unsafe extern "C" fn(context: *mut c_void, status: u32, response: PluginBuf);
+
+/// Starts one [`Method`] on an instance without tying a thread to it (ABI
+/// 1.1). The call runs on the calling thread until it first has to wait.
+/// If it finishes before that, the return value and `*response_out` are
+/// its outcome, as for [`CallFn`], and `complete` is never called.
+/// Otherwise it returns [`Status::Pending`], goes on on the dylib's own
+/// threads, and hands its outcome to `complete(context, ..)` exactly once;
+/// the host keeps `context` valid until then. The first part running on
+/// the host's thread is why a provider must never block a thread in its
+/// async methods (blocking work belongs on a blocking pool).
+pub type StartFn = unsafe extern "C" fn(
+    instance: *const c_void,
+    method: u32,
+    request: BorrowedBytes,
+    response_out: *mut PluginBuf,
+    complete: Option<CompleteFn>,
+    context: *mut c_void,
+) -> u32;
+
 /// Frees a buffer the dylib allocated. Every non-empty [`PluginBuf`] the host
 /// receives goes back through this exactly once.
 pub type FreeBufFn = unsafe extern "C" fn(buf: PluginBuf);
@@ -345,13 +374,41 @@ pub struct ProviderApi {
     pub free_buf: Option<FreeBufFn>,
     /// Creates instances.
     pub create: Option<CreateFn>,
-    /// Calls methods on instances.
+    /// Calls methods on instances, blocking the calling thread.
     pub call: Option<CallFn>,
+    /// Starts calls that may finish later (since 1.1; hosts use it when
+    /// `struct_size` covers it, else `call`).
+    pub start: Option<StartFn>,
 }
 
 impl ProviderApi {
     /// The smallest `struct_size` a 1.0 reader accepts.
     pub const V1_0_SIZE: usize = offset_of!(ProviderApi, call) + size_of::<Option<CallFn>>();
+    /// The size of a 1.1 table, which adds `start`.
+    pub const V1_1_SIZE: usize = offset_of!(ProviderApi, start) + size_of::<Option<StartFn>>();
+}
+
+/// Copies a table of `struct_size` bytes (either side's) into a `T`, leaving
+/// fields the peer does not have zeroed and ignoring fields this build does not know.
+///
+/// # Safety
+///
+/// `table` must point to at least `size_of::<usize>()` readable bytes that
+/// start with the table's size, and to that many bytes in all; `T` must be
+/// valid when zeroed and start with its `struct_size`.
+pub unsafe fn read_table<T>(table: *const T) -> T {
+    // SAFETY: every ABI table starts with its size as a usize.
+    let struct_size = unsafe { table.cast::<usize>().read_unaligned() };
+    let mut out = MaybeUninit::<T>::zeroed();
+    let len = struct_size.min(size_of::<T>());
+    // SAFETY: the caller promised `struct_size` readable bytes at `table`;
+    // `out` has room for `size_of::<T>()`; the two never overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(table.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), len);
+    }
+    // SAFETY: T is valid when zeroed and every copied byte came from a T
+    // laid out by the same definition.
+    unsafe { out.assume_init() }
 }
 
 #[cfg(test)]
@@ -375,7 +432,8 @@ mod tests {
     fn minimum_sizes_cover_every_known_field() {
         assert!(HostApi::V1_0_SIZE <= size_of::<HostApi>());
         assert!(HostApi::V1_0_SIZE > offset_of!(HostApi, log));
-        assert_eq!(ProviderApi::V1_0_SIZE, size_of::<ProviderApi>());
+        const { assert!(ProviderApi::V1_0_SIZE < ProviderApi::V1_1_SIZE) };
+        assert_eq!(ProviderApi::V1_1_SIZE, size_of::<ProviderApi>());
     }
 
     #[test]

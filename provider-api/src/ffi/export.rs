@@ -9,17 +9,19 @@
 use std::any::Any;
 use std::ffi::c_void;
 use std::future::Future;
-use std::mem::{MaybeUninit, size_of};
+use std::mem::size_of;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use prost::Message;
 use tokio::runtime::Runtime;
 use tracing::Dispatch;
 
 use super::abi::{
-    ABI_MAJOR, ABI_MINOR, AbiVersion, BorrowedBytes, HostApi, Method, PluginBuf, ProviderApi,
-    Status,
+    ABI_MAJOR, ABI_MINOR, AbiVersion, BorrowedBytes, CompleteFn, HostApi, Method, PluginBuf,
+    ProviderApi, StartFn, Status, read_table,
 };
 use super::log::host_dispatch;
 use crate::error::ProviderError;
@@ -52,9 +54,9 @@ impl ExportOptions {
     };
 }
 
-/// Worker threads of each instance's own runtime. Calls themselves run on
-/// the host's calling thread (inside `block_on`); workers only drive what the
-/// provider spawns and its I/O and timers.
+/// Worker threads of each instance's own runtime. Calls start on the host's
+/// calling thread; workers drive the calls that had to wait, what the
+/// provider spawns, and its I/O and timers.
 const WORKER_THREADS: usize = 2;
 
 /// The table as a newer minor version would lay it out: one more field.
@@ -80,11 +82,12 @@ static EXPORTED: OnceLock<Exported> = OnceLock::new();
 
 impl Exported {
     fn new(factory: ProviderFactory, options: ExportOptions) -> Self {
-        let struct_size = if options.version.major == ABI_MAJOR && options.version.minor > ABI_MINOR
-        {
-            size_of::<GrownTable>()
-        } else {
-            size_of::<ProviderApi>()
+        let newer = options.version.major == ABI_MAJOR && options.version.minor > ABI_MINOR;
+        // A 1.0 table ends after `call`, as a dylib built for 1.0 hands out.
+        let struct_size = match options.version.minor {
+            _ if newer => size_of::<GrownTable>(),
+            0 => ProviderApi::V1_0_SIZE,
+            _ => size_of::<ProviderApi>(),
         };
         Self {
             factory,
@@ -98,6 +101,7 @@ impl Exported {
                     free_buf: Some(free_buf),
                     create: Some(create),
                     call: Some(call),
+                    start: (options.version.minor >= 1).then_some(start as StartFn),
                 },
                 field_from_the_future: u64::MAX,
             },
@@ -189,29 +193,6 @@ unsafe extern "C" fn free_buf(buf: PluginBuf) {
         // host returns each one once.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len)) });
     });
-}
-
-/// Copies a host table of `struct_size` bytes into a `T`, leaving fields the
-/// host does not have zeroed and ignoring fields this build does not know.
-///
-/// # Safety
-///
-/// `table` must point to at least `size_of::<usize>()` readable bytes that
-/// start with the table's size, and to that many bytes in all; `T` must be
-/// valid when zeroed and start with its `struct_size`.
-unsafe fn read_table<T>(table: *const T) -> T {
-    // SAFETY: every ABI table starts with its size as a usize.
-    let struct_size = unsafe { table.cast::<usize>().read_unaligned() };
-    let mut out = MaybeUninit::<T>::zeroed();
-    let len = struct_size.min(size_of::<T>());
-    // SAFETY: the caller promised `struct_size` readable bytes at `table`;
-    // `out` has room for `size_of::<T>()`; the two never overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(table.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), len);
-    }
-    // SAFETY: T is valid when zeroed and every copied byte came from a T
-    // laid out by the same definition.
-    unsafe { out.assume_init() }
 }
 
 /// One provider instance: leaked on creation, so valid for the process.
@@ -336,6 +317,32 @@ unsafe fn create_instance(
     Ok(Box::into_raw(instance).cast_const().cast::<c_void>())
 }
 
+/// The instance behind a pointer the host passes back.
+///
+/// # Safety
+///
+/// `instance` is null or came from `create_instance`.
+unsafe fn instance_ref(instance: *const c_void) -> Result<&'static Instance, Failure> {
+    if instance.is_null() {
+        return Err(Failure::with_status(
+            Status::BadArgument,
+            "the instance is null".into(),
+        ));
+    }
+    // SAFETY: non-null instances come only from `create_instance`, which
+    // leaks them (so 'static is true); `Instance` is Sync, so shared use from
+    // many host threads is fine.
+    Ok(unsafe { &*instance.cast::<Instance>() })
+}
+
+/// Writes a call's outcome the way the host reads it.
+fn outcome(result: Result<Vec<u8>, Failure>) -> (Status, PluginBuf) {
+    match result {
+        Ok(response) => (Status::Ok, buf_from_vec(response)),
+        Err(failure) => (failure.status, failure.into_buf()),
+    }
+}
+
 unsafe extern "C" fn call(
     instance: *const c_void,
     method: u32,
@@ -346,33 +353,82 @@ unsafe extern "C" fn call(
         return Status::BadArgument as u32;
     }
     let result = guard(|| {
-        if instance.is_null() {
+        // SAFETY: the host passes back what `create` gave it.
+        let instance = unsafe { instance_ref(instance) }?;
+        // SAFETY: the host lends the request for the duration of the call.
+        let reply = instance.reply(method, unsafe { request.as_slice() })?;
+        instance.block_on(reply)
+    });
+    let (status, buf) = outcome(result);
+    // SAFETY: checked non-null above; the host owns the slot.
+    unsafe { response_out.write(buf) };
+    status as u32
+}
+
+/// The host's completion callback and its context, moved to the thread
+/// that finishes a pending call.
+struct Completion {
+    complete: CompleteFn,
+    context: *mut c_void,
+}
+
+// SAFETY: the ABI makes `complete` callable from any thread, and `context`
+// is the host's to interpret; this side only passes it back, once.
+unsafe impl Send for Completion {}
+
+impl Completion {
+    fn finish(self, result: Result<Vec<u8>, Failure>) {
+        let (status, buf) = outcome(result);
+        // SAFETY: called exactly once per pending call with the context the
+        // host gave; the host owns `buf` from here on.
+        unsafe { (self.complete)(self.context, status as u32, buf) };
+    }
+}
+
+unsafe extern "C" fn start(
+    instance: *const c_void,
+    method: u32,
+    request: BorrowedBytes,
+    response_out: *mut PluginBuf,
+    complete: Option<CompleteFn>,
+    context: *mut c_void,
+) -> u32 {
+    if response_out.is_null() {
+        return Status::BadArgument as u32;
+    }
+    let started = guard(|| {
+        let Some(complete) = complete else {
             return Err(Failure::with_status(
                 Status::BadArgument,
-                "the instance is null".into(),
+                "the completion callback is null".into(),
             ));
-        }
-        // SAFETY: non-null instances come only from `create_instance`, which
-        // leaks them; `Instance` is Sync, so shared use from many host
-        // threads is fine.
-        let instance = unsafe { &*instance.cast::<Instance>() };
-        let Some(method) = Method::from_u32(method) else {
-            return Err(Failure {
-                status: Status::UnknownMethod,
-                error: None,
-            });
         };
+        // SAFETY: the host passes back what `create` gave it.
+        let instance = unsafe { instance_ref(instance) }?;
         // SAFETY: the host lends the request for the duration of the call.
-        let request = unsafe { request.as_slice() };
-        let response = instance.serve(method, request)?;
-        Ok(match instance.response_hook {
-            Some(hook) => hook(&instance.name, method, response),
-            None => response,
-        })
+        let mut reply = CatchPanic(instance.reply(method, unsafe { request.as_slice() })?);
+        // The first poll runs here, on the host's thread: a call that does
+        // not wait (a lookup, a cached answer) never leaves it. Wakers from
+        // this poll are dropped; the spawned task polls again at once and
+        // registers its own.
+        let first = instance.in_context(|| {
+            Pin::new(&mut reply).poll(&mut Context::from_waker(Waker::noop()))
+        });
+        match first {
+            Poll::Ready(result) => result.map(Some),
+            Poll::Pending => {
+                let completion = Completion { complete, context };
+                instance
+                    .runtime
+                    .spawn(async move { completion.finish(reply.await) });
+                Ok(None)
+            }
+        }
     });
-    let (status, buf) = match result {
-        Ok(response) => (Status::Ok, buf_from_vec(response)),
-        Err(failure) => (failure.status, failure.into_buf()),
+    let (status, buf) = match started {
+        Ok(None) => (Status::Pending, PluginBuf::EMPTY),
+        Ok(Some(response)) => outcome(Ok(response)),
+        Err(failure) => outcome(Err(failure)),
     };
     // SAFETY: checked non-null above; the host owns the slot.
     unsafe { response_out.write(buf) };
@@ -388,63 +444,104 @@ fn decode<M: Message + Default>(method: Method, bytes: &[u8]) -> Result<M, Failu
     })
 }
 
+/// A call in progress: resolves to the encoded response (after the test
+/// hook) or a failure, panics included.
+type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, Failure>> + Send>>;
+
+/// Turns a panic while polling a call into a [`Status::Panicked`]
+/// failure, wherever the poll happens.
+struct CatchPanic(Reply);
+
+impl Future for CatchPanic {
+    type Output = Result<Vec<u8>, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // AssertUnwindSafe: see `guard`.
+        catch_unwind(AssertUnwindSafe(|| inner.poll(cx)))
+            .unwrap_or_else(|payload| Poll::Ready(Err(Failure::panicked(payload))))
+    }
+}
+
 impl Instance {
-    fn block_on<T>(&self, fut: impl Future<Output = crate::Result<T>>) -> Result<T, Failure> {
-        tracing::dispatcher::with_default(&self.dispatch, || self.runtime.block_on(fut))
-            .map_err(Failure::provider)
+    /// Runs `f` with this instance's runtime and log dispatch as the
+    /// current ones, as on the runtime's own threads.
+    fn in_context<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::dispatcher::with_default(&self.dispatch, || {
+            let _runtime = self.runtime.enter();
+            f()
+        })
     }
 
-    fn run<Req, Resp, Fut>(
-        &self,
+    fn block_on(&self, reply: Reply) -> Result<Vec<u8>, Failure> {
+        tracing::dispatcher::with_default(&self.dispatch, || {
+            self.runtime.block_on(CatchPanic(reply))
+        })
+    }
+
+    /// Decodes the request of `f` and wraps the call it starts.
+    fn wrap<Req, Resp, Fut>(
+        &'static self,
         method: Method,
         request: &[u8],
         f: impl FnOnce(Req) -> Fut,
-    ) -> Result<Vec<u8>, Failure>
+    ) -> Result<Reply, Failure>
     where
         Req: Message + Default,
         Resp: Message,
-        Fut: Future<Output = crate::Result<Resp>>,
+        Fut: Future<Output = crate::Result<Resp>> + Send + 'static,
     {
-        let request = decode::<Req>(method, request)?;
-        Ok(self.block_on(f(request))?.encode_to_vec())
+        let call = f(decode::<Req>(method, request)?);
+        Ok(Box::pin(async move {
+            let response = call.await.map_err(Failure::provider)?.encode_to_vec();
+            Ok(match self.response_hook {
+                Some(hook) => hook(&self.name, method, response),
+                None => response,
+            })
+        }))
     }
 
-    fn serve(&self, method: Method, request: &[u8]) -> Result<Vec<u8>, Failure> {
-        let p = &*self.provider;
+    /// The call for a method number, not yet polled.
+    fn reply(&'static self, method: u32, request: &[u8]) -> Result<Reply, Failure> {
+        let Some(method) = Method::from_u32(method) else {
+            return Err(Failure {
+                status: Status::UnknownMethod,
+                error: None,
+            });
+        };
+        let p: &'static dyn Provider = &*self.provider;
         match method {
-            Method::Info => {
-                decode::<Empty>(method, request)?;
-                Ok(p.info().encode_to_vec())
-            }
-            Method::CreateVolume => self.run(method, request, |r| p.create_volume(r)),
-            Method::DeleteVolume => self.run(method, request, |r| async move {
+            Method::Info => self.wrap(method, request, |_: Empty| async move { Ok(p.info()) }),
+            Method::CreateVolume => self.wrap(method, request, |r| p.create_volume(r)),
+            Method::DeleteVolume => self.wrap(method, request, |r| async move {
                 p.delete_volume(r).await.map(|()| Empty {})
             }),
-            Method::GetVolume => self.run(method, request, |r| p.get_volume(r)),
-            Method::ListVolumes => self.run(method, request, |r| p.list_volumes(r)),
-            Method::ExpandVolume => self.run(method, request, |r| p.expand_volume(r)),
-            Method::ModifyVolume => self.run(method, request, |r| async move {
+            Method::GetVolume => self.wrap(method, request, |r| p.get_volume(r)),
+            Method::ListVolumes => self.wrap(method, request, |r| p.list_volumes(r)),
+            Method::ExpandVolume => self.wrap(method, request, |r| p.expand_volume(r)),
+            Method::ModifyVolume => self.wrap(method, request, |r| async move {
                 p.modify_volume(r).await.map(|()| Empty {})
             }),
-            Method::AttachVolume => self.run(method, request, |r| p.attach_volume(r)),
-            Method::DetachVolume => self.run(method, request, |r| async move {
+            Method::AttachVolume => self.wrap(method, request, |r| p.attach_volume(r)),
+            Method::DetachVolume => self.wrap(method, request, |r| async move {
                 p.detach_volume(r).await.map(|()| Empty {})
             }),
-            Method::CreateSnapshot => self.run(method, request, |r| p.create_snapshot(r)),
-            Method::DeleteSnapshot => self.run(method, request, |r| async move {
+            Method::CreateSnapshot => self.wrap(method, request, |r| p.create_snapshot(r)),
+            Method::DeleteSnapshot => self.wrap(method, request, |r| async move {
                 p.delete_snapshot(r).await.map(|()| Empty {})
             }),
-            Method::GetSnapshot => self.run(method, request, |r| p.get_snapshot(r)),
-            Method::ListSnapshots => self.run(method, request, |r| p.list_snapshots(r)),
-            Method::GetCapacity => self.run(method, request, |r| p.get_capacity(r)),
-            Method::NodeInfo => self.run(method, request, |_: Empty| p.node_info()),
-            Method::FindDevice => self.run(method, request, |r| p.find_device(r)),
-            Method::VolumeCondition => self.run(method, request, |r| p.volume_condition(r)),
+            Method::GetSnapshot => self.wrap(method, request, |r| p.get_snapshot(r)),
+            Method::ListSnapshots => self.wrap(method, request, |r| p.list_snapshots(r)),
+            Method::GetCapacity => self.wrap(method, request, |r| p.get_capacity(r)),
+            Method::NodeInfo => self.wrap(method, request, |_: Empty| p.node_info()),
+            Method::FindDevice => self.wrap(method, request, |r| p.find_device(r)),
+            Method::VolumeCondition => self.wrap(method, request, |r| p.volume_condition(r)),
         }
     }
 }
 
 #[cfg(all(test, feature = "testing"))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     //! Drives the export functions in-process, as the host would through a
     //! dylib, with the fake provider behind them.
@@ -531,10 +628,8 @@ mod tests {
         // SAFETY: static strings of this build.
         assert_eq!(unsafe { t.factory_kind.as_slice() }, b"fake");
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { t.sdk_version.as_slice() },
-            env!("CARGO_PKG_VERSION").as_bytes()
-        );
+        let sdk_version = unsafe { t.sdk_version.as_slice() };
+        assert_eq!(sdk_version, env!("CARGO_PKG_VERSION").as_bytes());
     }
 
     #[test]
@@ -564,6 +659,60 @@ mod tests {
         let error = decode_abi_error(&bytes);
         assert_eq!(error.kind(), ErrorKind::NotFound);
         assert!(error.message().contains("vol-none"), "{error}");
+    }
+
+    unsafe extern "C" fn never_called(_: *mut c_void, _: u32, buf: PluginBuf) {
+        // SAFETY: a buffer of this dylib, freed once.
+        unsafe { free_buf(buf) };
+        panic!("a call that finished at once must not call back");
+    }
+
+    #[test]
+    fn start_answers_at_once_when_the_call_does_not_wait() {
+        let instance = create_with(host(size_of::<HostApi>()), "").unwrap();
+        let start = table().start.unwrap();
+        let req = CreateVolumeRequest {
+            name: "pvc-start".into(),
+            required_bytes: 3 << 30,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut out = PluginBuf::EMPTY;
+        let context = std::ptr::null_mut();
+        // SAFETY: a live instance, a lent request, a valid out slot; the
+        // callback is never reached for a call that does not wait.
+        let status = unsafe {
+            start(
+                instance,
+                Method::CreateVolume as u32,
+                BorrowedBytes::new(&req),
+                &mut out,
+                Some(never_called),
+                context,
+            )
+        };
+        assert_eq!(status, Status::Ok as u32);
+        // SAFETY: read before it is freed.
+        let bytes = unsafe { std::slice::from_raw_parts(out.ptr, out.len) }.to_vec();
+        // SAFETY: freed once.
+        unsafe { free_buf(out) };
+        assert_eq!(Volume::decode(bytes.as_slice()).unwrap().capacity_bytes, 3 << 30);
+
+        // Without a callback nothing starts.
+        let mut out = PluginBuf::EMPTY;
+        // SAFETY: as above, with a null callback the export must refuse.
+        let status = unsafe {
+            start(
+                instance,
+                Method::Info as u32,
+                BorrowedBytes::new(&[]),
+                &mut out,
+                None,
+                context,
+            )
+        };
+        assert_eq!(status, Status::BadArgument as u32);
+        assert!(take(out).message().contains("callback"));
     }
 
     #[test]
