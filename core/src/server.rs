@@ -148,7 +148,7 @@ async fn refresh_gauges(driver: &Driver) {
     m.inflight.set(driver.inflight.len() as i64);
     for instance in driver.registry.iter() {
         let local_here = instance.info.node_local && driver.mode.serves_node();
-        if !instance.info.capacity || !(local_here || !instance.info.node_local) {
+        if !instance.info.capacity || (instance.info.node_local && !local_here) {
             continue;
         }
         let call = instance.provider.get_capacity(CapacityRequest::default());

@@ -77,9 +77,10 @@ async fn identity_reports_name_readiness_and_capabilities() {
     let got: Vec<i32> = ctrl
         .capabilities
         .iter()
-        .filter_map(|c| match &c.r#type {
-            Some(csi::controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|csi::controller_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     for want in [

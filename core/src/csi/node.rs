@@ -34,7 +34,7 @@ use crate::ids::{MAX_NODE_ID_BYTES, NodeId, ScopedId};
 use crate::locks::InFlightGuard;
 use crate::mount::{
     DeviceNumber, FormatOptions, FsType, MountError, MountInfo, MountOptions, Mounter, Probe,
-    format,
+    format, top_mounts,
 };
 use crate::routing::Instance;
 
@@ -318,51 +318,49 @@ impl NodeService {
             .map_err(host_err(what))
     }
 
-    /// Unmounts everything stacked on `path`.
-    async fn unmount_all(&self, path: &Path) -> CoreResult<()> {
-        for _ in 0..MAX_STACKED_MOUNTS {
-            if self.find_mount(path).await?.is_none() {
-                return Ok(());
-            }
-            let owned = path.to_path_buf();
-            self.host(move |m| m.unmount(&owned))
-                .await
-                .map_err(host_err(format!("unmounting {}", path.display())))?;
-        }
-        Err(CoreError::Internal(format!(
-            "{} is still mounted after {MAX_STACKED_MOUNTS} unmounts",
-            path.display()
-        )))
-    }
-
-    /// Removes an unmounted publish target or staging directory. Absent is
-    /// fine; a directory that is not empty is left alone (its contents were
-    /// written while nothing was mounted, and are not this driver's to delete).
-    async fn remove_mount_point(&self, path: &Path) -> CoreResult<()> {
+    /// Unmounts everything stacked on `path`, then removes the directory
+    /// or file a publish or stage created there, in one blocking step.
+    /// Absent is fine; a directory that is not empty is left alone (its
+    /// contents were written while nothing was mounted, and are not this
+    /// driver's to delete).
+    async fn clear_mount_point(&self, path: &Path) -> CoreResult<()> {
         let owned = path.to_path_buf();
-        let removed = self
-            .host(move |_| {
-                let meta = match std::fs::symlink_metadata(&owned) {
-                    Ok(meta) => meta,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(())),
-                    Err(e) => return Ok(Err(e)),
-                };
-                Ok(if meta.is_dir() {
-                    std::fs::remove_dir(&owned)
-                } else {
-                    std::fs::remove_file(&owned)
-                })
+        let cleared = self
+            .host(move |m| {
+                // The kernel says whether anything is mounted: unmounting a
+                // path that is no mount point fails with EINVAL (ENOENT when
+                // it is gone), which saves reading the mount table around
+                // every unmount.
+                for _ in 0..MAX_STACKED_MOUNTS {
+                    match m.unmount(&owned) {
+                        Ok(()) => continue,
+                        Err(e)
+                            if matches!(
+                                e.io_kind(),
+                                io::ErrorKind::InvalidInput | io::ErrorKind::NotFound
+                            ) =>
+                        {
+                            return Ok(Some(remove_mount_point(&owned)));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(None)
             })
             .await
-            .map_err(host_err(format!("removing {}", path.display())))?;
-        match removed {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+            .map_err(host_err(format!("unmounting {}", path.display())))?;
+        match cleared {
+            None => Err(CoreError::Internal(format!(
+                "{} is still mounted after {MAX_STACKED_MOUNTS} unmounts",
+                path.display()
+            ))),
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Some(Err(e)) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
                 tracing::warn!(path = %path.display(), "left a non-empty directory behind after unmounting it");
                 Ok(())
             }
-            Err(e) => Err(CoreError::node(format!("removing {}", path.display()), e)),
+            Some(Err(e)) => Err(CoreError::node(format!("removing {}", path.display()), e)),
         }
     }
 
@@ -425,8 +423,7 @@ impl NodeService {
         validate::required("volume_id", &req.volume_id)?;
         let staging = path_field("staging_target_path", &req.staging_target_path)?;
         let _guard = self.claim(&req.volume_id)?;
-        self.unmount_all(&staging).await?;
-        self.remove_mount_point(&staging).await?;
+        self.clear_mount_point(&staging).await?;
         Ok(csi::NodeUnstageVolumeResponse {})
     }
 
@@ -469,40 +466,63 @@ impl NodeService {
             ));
         }
         let staging = path_field("staging_target_path", staging_raw)?;
-        let staged = self.find_mount(&staging).await?.ok_or_else(|| {
-            CoreError::FailedPrecondition(format!("{id} is not staged at {}", staging.display()))
-        })?;
-        if let Some(existing) = self.find_mount(target).await? {
-            if existing.device == staged.device && existing.is_read_only() == read_only {
-                return Ok(());
-            }
-            return Err(CoreError::AlreadyExists(format!(
-                "{} is already a {} mount of device {}, not a {} mount of {id} ({})",
-                target.display(),
-                if existing.is_read_only() {
-                    "read-only"
-                } else {
-                    "read-write"
-                },
-                existing.device,
-                if read_only { "read-only" } else { "read-write" },
-                staged.device
-            )));
-        }
+        // One blocking step: one read of the mount table, then the bind
+        // mount if the target is free.
         let (src, tgt) = (staging.clone(), target.to_path_buf());
-        self.host(move |m| {
-            std::fs::create_dir_all(&tgt).map_err(|source| MountError::CreateMountPoint {
-                path: tgt.clone(),
-                source,
-            })?;
-            m.bind_mount(&src, &tgt, read_only)
-        })
-        .await
-        .map_err(host_err(format!(
-            "bind-mounting {} on {}",
-            staging.display(),
-            target.display()
-        )))
+        let step = self
+            .host(move |m| {
+                let [staged, existing] = top_mounts(&m.mount_table()?, [&src, &tgt]);
+                let Some(staged) = staged else {
+                    return Ok(PublishStep::NotStaged);
+                };
+                if let Some(existing) = existing {
+                    return Ok(PublishStep::Occupied {
+                        staged: staged.device,
+                        existing: existing.device,
+                        existing_read_only: existing.is_read_only(),
+                    });
+                }
+                std::fs::create_dir_all(&tgt).map_err(|source| MountError::CreateMountPoint {
+                    path: tgt.clone(),
+                    source,
+                })?;
+                m.bind_mount(&src, &tgt, read_only)?;
+                Ok(PublishStep::Mounted)
+            })
+            .await
+            .map_err(host_err(format!(
+                "bind-mounting {} on {}",
+                staging.display(),
+                target.display()
+            )))?;
+        match step {
+            PublishStep::Mounted => Ok(()),
+            PublishStep::NotStaged => Err(CoreError::FailedPrecondition(format!(
+                "{id} is not staged at {}",
+                staging.display()
+            ))),
+            PublishStep::Occupied {
+                staged,
+                existing,
+                existing_read_only,
+            } => {
+                if existing == staged && existing_read_only == read_only {
+                    return Ok(());
+                }
+                Err(CoreError::AlreadyExists(format!(
+                    "{} is already a {} mount of device {}, not a {} mount of {id} ({})",
+                    target.display(),
+                    if existing_read_only {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
+                    existing,
+                    if read_only { "read-only" } else { "read-write" },
+                    staged
+                )))
+            }
+        }
     }
 
     async fn publish_block(
@@ -582,8 +602,7 @@ impl NodeService {
                 return self.unpublish_ephemeral(&kubelet_id, record, &target).await;
             }
         }
-        self.unmount_all(&target).await?;
-        self.remove_mount_point(&target).await?;
+        self.clear_mount_point(&target).await?;
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
 
@@ -719,8 +738,7 @@ impl NodeService {
         record: Record,
         target: &Path,
     ) -> CoreResult<csi::NodeUnpublishVolumeResponse> {
-        self.unmount_all(target).await?;
-        self.remove_mount_point(target).await?;
+        self.clear_mount_point(target).await?;
         let id = ScopedId::parse(&record.volume_id).map_err(|e| {
             CoreError::Internal(format!(
                 "the state of ephemeral volume {kubelet_id} names an unusable volume {:?}: {e}",
@@ -1079,6 +1097,35 @@ impl Node for NodeService {
         _request: Request<csi::NodeGetInfoRequest>,
     ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
         traced("NodeGetInfo", "", self.info()).await
+    }
+}
+
+/// What the blocking part of a filesystem publish found or did.
+enum PublishStep {
+    /// The bind mount is in place.
+    Mounted,
+    /// Nothing is mounted at the staging path.
+    NotStaged,
+    /// Something is already mounted at the target.
+    Occupied {
+        staged: DeviceNumber,
+        existing: DeviceNumber,
+        existing_read_only: bool,
+    },
+}
+
+/// Removes an unmounted mount point: a directory (filesystem targets and
+/// staging paths) or a file (block targets). Blocking.
+fn remove_mount_point(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.is_dir() {
+        std::fs::remove_dir(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 

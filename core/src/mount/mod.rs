@@ -327,6 +327,22 @@ pub fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// The topmost mount at each of `paths` in `table` (one read of the mount
+/// table answers several questions).
+pub fn top_mounts<const N: usize>(
+    table: &[MountInfo],
+    paths: [&Path; N],
+) -> [Option<MountInfo>; N] {
+    paths.map(|path| {
+        let wanted = canonical(path);
+        table
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == wanted)
+            .cloned()
+    })
+}
+
 /// Mount, format and filesystem operations, behind a trait so the gRPC
 /// tests can use a fake while the node tests use the real thing. All
 /// methods block.
@@ -336,12 +352,8 @@ pub trait Mounter: Send + Sync {
 
     /// The topmost mount at exactly `path`, if any.
     fn find_mount(&self, path: &Path) -> Result<Option<MountInfo>, MountError> {
-        let wanted = canonical(path);
-        Ok(self
-            .mount_table()?
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == wanted))
+        let [found] = top_mounts(&self.mount_table()?, [path]);
+        Ok(found)
     }
 
     /// The device number of the block device node at `path` (symlinks
