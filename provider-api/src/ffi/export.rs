@@ -411,9 +411,8 @@ unsafe extern "C" fn start(
         // not wait (a lookup, a cached answer) never leaves it. Wakers from
         // this poll are dropped; the spawned task polls again at once and
         // registers its own.
-        let first = instance.in_context(|| {
-            Pin::new(&mut reply).poll(&mut Context::from_waker(Waker::noop()))
-        });
+        let first = instance
+            .in_context(|| Pin::new(&mut reply).poll(&mut Context::from_waker(Waker::noop())));
         match first {
             Poll::Ready(result) => result.map(Some),
             Poll::Pending => {
@@ -696,7 +695,10 @@ mod tests {
         let bytes = unsafe { std::slice::from_raw_parts(out.ptr, out.len) }.to_vec();
         // SAFETY: freed once.
         unsafe { free_buf(out) };
-        assert_eq!(Volume::decode(bytes.as_slice()).unwrap().capacity_bytes, 3 << 30);
+        assert_eq!(
+            Volume::decode(bytes.as_slice()).unwrap().capacity_bytes,
+            3 << 30
+        );
 
         // Without a callback nothing starts.
         let mut out = PluginBuf::EMPTY;
