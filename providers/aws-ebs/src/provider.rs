@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::batcher::{BatchError, DescribeBatcher};
 use crate::client::{
-    AttachState, ClientError, CreateDiskInput, Disk, DiskQuery, DiskState, Ec2Api, Instance,
-    ModificationState, ModifyDiskInput, PageRequest, Snap, SnapQuery, SnapState,
+    AttachState, ClientError, ClientResult, CreateDiskInput, Disk, DiskQuery, DiskState, Ec2Api,
+    Instance, ModificationState, ModifyDiskInput, PageRequest, Snap, SnapQuery, SnapState,
 };
 use crate::device::{DeviceError, DeviceFinder};
 use crate::errors::provider_error;
@@ -150,6 +150,28 @@ impl std::fmt::Debug for EbsProvider {
 }
 
 impl EbsProvider {
+    /// A delete with retries, where EC2 answering `absent` (the resource is
+    /// already gone) counts as done.
+    async fn delete_retried<F, Fut>(
+        &self,
+        ctl: &Controller,
+        operation: &'static str,
+        absent: &str,
+        what: String,
+        call: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ClientResult<()>>,
+    {
+        let deadline = Instant::now() + self.settings.api_timeout() * 2;
+        match ctl.retrier.run(operation, deadline, call).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(absent) => Ok(()),
+            Err(e) => Err(provider_error(what, e)),
+        }
+    }
+
     /// A provider over `api` (`None` for a node-only instance that never
     /// calls EC2). Must be called within a tokio runtime: it starts the
     /// describe batcher.
@@ -832,16 +854,14 @@ impl Provider for EbsProvider {
         if matches!(disk.state, DiskState::Deleting | DiskState::Deleted) {
             return Ok(());
         }
-        let deadline = Instant::now() + self.settings.api_timeout() * 2;
-        match ctl
-            .retrier
-            .run("DeleteVolume", deadline, || ctl.api.delete_disk(&id))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("InvalidVolume.NotFound") => Ok(()),
-            Err(e) => Err(provider_error(format!("deleting volume {id}"), e)),
-        }
+        self.delete_retried(
+            ctl,
+            "DeleteVolume",
+            "InvalidVolume.NotFound",
+            format!("deleting volume {id}"),
+            || ctl.api.delete_disk(&id),
+        )
+        .await
     }
 
     async fn get_volume(&self, req: VolumeRef) -> Result<VolumeStatus> {
@@ -1271,16 +1291,14 @@ impl Provider for EbsProvider {
         let Ok(id) = SnapshotId::new(&req.snapshot_id) else {
             return Ok(());
         };
-        let deadline = Instant::now() + self.settings.api_timeout() * 2;
-        match ctl
-            .retrier
-            .run("DeleteSnapshot", deadline, || ctl.api.delete_snapshot(&id))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => Ok(()),
-            Err(e) => Err(provider_error(format!("deleting snapshot {id}"), e)),
-        }
+        self.delete_retried(
+            ctl,
+            "DeleteSnapshot",
+            "InvalidSnapshot.NotFound",
+            format!("deleting snapshot {id}"),
+            || ctl.api.delete_snapshot(&id),
+        )
+        .await
     }
 
     async fn get_snapshot(&self, req: SnapshotRef) -> Result<Snapshot> {
