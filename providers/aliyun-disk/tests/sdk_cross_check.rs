@@ -7,7 +7,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use omnidisk_provider_aliyun_disk::fake_ecs::verify::{AcceptedKey, RawRequest, Verifier};
@@ -18,17 +19,35 @@ fn require_all() -> bool {
     std::env::var("OMNIDISK_REQUIRE_ALL").is_ok_and(|v| v == "1")
 }
 
+/// `$OMNIDISK_PYTHON` when set, otherwise the python of the project's
+/// virtual environment (`scripts/install-test-deps`; `OMNIDISK_VENV`, default
+/// /var/cache/omnidisk/venv) when it exists, otherwise `python3`.
+fn python() -> OsString {
+    if let Some(python) = std::env::var_os("OMNIDISK_PYTHON").filter(|p| !p.is_empty()) {
+        return python;
+    }
+    let venv = std::env::var_os("OMNIDISK_VENV")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/var/cache/omnidisk/venv"), PathBuf::from);
+    let venv_python = venv.join("bin").join("python");
+    if venv_python.exists() {
+        return venv_python.into_os_string();
+    }
+    OsString::from("python3")
+}
+
 fn run_script() -> Result<Value, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_signatures.py");
+    let python = python();
     let run = || {
-        Command::new("python3")
+        Command::new(&python)
             .arg(&script)
             .output()
-            .map_err(|e| format!("cannot run python3: {e}"))
+            .map_err(|e| format!("cannot run {}: {e}", python.to_string_lossy()))
     };
     let mut out = run()?;
     if !out.status.success() {
-        let install = Command::new("python3")
+        let install = Command::new(&python)
             .args([
                 "-m",
                 "pip",
@@ -40,7 +59,10 @@ fn run_script() -> Result<Value, String> {
             .status()
             .map_err(|e| format!("cannot run pip: {e}"))?;
         if !install.success() {
-            return Err("pip could not install the Alibaba Cloud SDKs".into());
+            return Err(format!(
+                "{} -m pip could not install the Alibaba Cloud SDKs (run scripts/install-test-deps)",
+                python.to_string_lossy()
+            ));
         }
         out = run()?;
     }

@@ -1,19 +1,22 @@
 //! A local moto EC2 server for tests, benchmarks and the development
 //! harness (feature `moto`).
 //!
-//! [`Moto::start`] runs `python3 -m moto.server` on a free 127.0.0.1 port,
-//! waits until it answers HTTP, and kills it when dropped. moto speaks the
-//! real EC2 query protocol, so the provider's SDK client talks to it through
-//! `endpoint_url` exactly as it talks to AWS. Install it with
-//! `scripts/install-test-deps` or `pip install 'moto[server]'`.
+//! [`Moto::start`] runs `python -m moto.server` (the interpreter [`python`]
+//! picks) on a free 127.0.0.1 port, waits until it answers HTTP, and kills
+//! it when dropped. moto speaks the real EC2 query protocol, so the
+//! provider's SDK client talks to it through `endpoint_url` exactly as it
+//! talks to AWS. `scripts/install-test-deps` installs it into the project's
+//! virtual environment.
 //!
 //! moto is not a faithful EC2: every state change completes at once and it
 //! ships about a thousand public snapshots and a root volume per instance.
 //! [`Moto::inventory`] lets a test compare what exists before and after.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,14 +39,15 @@ const START_WITHIN: Duration = Duration::from_secs(60);
 /// What went wrong with the moto server.
 #[derive(Debug, thiserror::Error)]
 pub enum MotoError {
-    /// `python3 -m moto.server` cannot be imported.
+    /// `python -m moto.server` cannot be imported.
     #[error(
-        "moto is not installed: `python3 -m moto.server` is unavailable \
-         (run scripts/install-test-deps, or `pip install 'moto[server]'`)"
+        "moto is not installed: `{} -m moto.server` is unavailable \
+         (run scripts/install-test-deps, or set OMNIDISK_PYTHON to a python with moto[server])",
+        python().to_string_lossy()
     )]
     NotInstalled,
-    /// python3 itself cannot be run.
-    #[error("cannot run python3 (moto needs it)")]
+    /// The Python interpreter itself cannot be run.
+    #[error("cannot run {} (moto needs it)", python().to_string_lossy())]
     Python(#[source] io::Error),
     /// No free local port could be found.
     #[error("cannot find a free port on 127.0.0.1")]
@@ -107,9 +111,29 @@ impl MotoError {
     }
 }
 
-/// Whether `python3 -m moto.server` can be imported here.
+/// The project's virtual environment that `scripts/install-test-deps` makes
+/// (`OMNIDISK_VENV` moves it).
+const DEFAULT_VENV: &str = "/var/cache/omnidisk/venv";
+
+/// The Python that runs moto: `$OMNIDISK_PYTHON` when set, otherwise the
+/// project's virtual environment's python when it exists, otherwise `python3`.
+pub fn python() -> OsString {
+    if let Some(python) = std::env::var_os("OMNIDISK_PYTHON").filter(|p| !p.is_empty()) {
+        return python;
+    }
+    let venv = std::env::var_os("OMNIDISK_VENV")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_VENV), PathBuf::from);
+    let venv_python = venv.join("bin").join("python");
+    if venv_python.exists() {
+        return venv_python.into_os_string();
+    }
+    OsString::from("python3")
+}
+
+/// Whether `python -m moto.server` can be imported here.
 pub fn installed() -> Result<bool, MotoError> {
-    Command::new("python3")
+    Command::new(python())
         .arg("-c")
         .arg("import moto.server")
         .stdout(Stdio::null())
@@ -137,7 +161,7 @@ impl Moto {
             .map_err(MotoError::Port)?;
         // moto logs a line per request on stderr: a pipe nobody drains would
         // stall it, so its output goes nowhere.
-        let child = Command::new("python3")
+        let child = Command::new(python())
             .arg("-m")
             .arg("moto.server")
             .arg("-H")
