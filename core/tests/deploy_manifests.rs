@@ -5,9 +5,15 @@
 //! hadolint, and Helm == kustomize for every overlay), then reads the
 //! renderings it leaves as JSON and checks them against the real driver:
 //! every `omnidisk` container's arguments go through the driver's own flag
-//! parser, so renaming a flag breaks this test; the CSI socket is the same
-//! file for the driver, the registrar and every sidecar; the images carry
-//! the crate version.
+//! parser (after the `$(VAR)` expansion the kubelet does), so renaming a
+//! flag breaks this test; the CSI socket is the same file for the driver,
+//! the registrar and every sidecar; the images carry the crate version;
+//! every HTTP endpoint listens on the pod IP; the driver gets the kubelet
+//! directory it has mounted; the CSIDriver lists Ephemeral exactly where an
+//! instance serves inline volumes; and the API-gated objects (snapshot,
+//! group snapshot and attributes classes, csi-snapshotter's group snapshot
+//! gate and RBAC) appear exactly in the renderings whose cluster serves
+//! their API.
 //!
 //! The script installs its tools from PyPI and npm. When it cannot, the
 //! tests print SKIPPED, unless `OMNIDISK_REQUIRE_ALL=1`, where they fail.
@@ -55,9 +61,30 @@ const SIDECAR_IMAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// One rendering: its objects and the cluster it was rendered for.
+struct Rendering {
+    /// The Kubernetes version (`helm template --kube-version`).
+    kube_version: String,
+    /// The optional kinds that cluster serves (`group/version/Kind`).
+    apis: Vec<String>,
+    docs: Vec<Value>,
+}
+
+impl Rendering {
+    fn serves(&self, api: &str) -> bool {
+        self.apis.iter().any(|a| a == api)
+    }
+}
+
+const ATTRIBUTES_CLASS_API: &str = "storage.k8s.io/v1/VolumeAttributesClass";
+const SNAPSHOT_CLASS_API: &str = "snapshot.storage.k8s.io/v1/VolumeSnapshotClass";
+const GROUP_SNAPSHOT_CLASS_API: &str = "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass";
+/// csi-snapshotter 8.6.0's switch for VolumeGroupSnapshots (off by default).
+const GROUP_SNAPSHOT_GATE: &str = "--feature-gates=CSIVolumeGroupSnapshot=true";
+
 enum Outcome {
-    /// The script passed; its JSON renderings, by name (`helm-aws`, ...).
-    Passed(BTreeMap<String, Vec<Value>>),
+    /// The script passed; its renderings, by name (`helm-aws`, ...).
+    Passed(BTreeMap<String, Rendering>),
     /// The tools could not be installed.
     ToolsMissing(String),
     /// The script ran and something failed.
@@ -94,17 +121,35 @@ fn outcome() -> &'static Outcome {
             Some(TOOLS_UNAVAILABLE) => return Outcome::ToolsMissing(log),
             _ => return Outcome::Failed(log),
         }
+        // One line per rendering: name, Kubernetes version, served kinds.
+        let index = std::fs::read_to_string(out.path().join("json/renderings.tsv"))
+            .expect("renderings.tsv");
         let mut renderings = BTreeMap::new();
-        for entry in std::fs::read_dir(out.path().join("json")).expect("json output") {
-            let path = entry.expect("directory entry").path();
-            let name = path
-                .file_stem()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path).expect("readable JSON");
+        for line in index.lines() {
+            let mut fields = line.split('\t');
+            let (Some(name), Some(kube_version), Some(apis)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                panic!("renderings.tsv: malformed line {line:?}");
+            };
+            let path = out.path().join("json").join(format!("{name}.json"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let docs: Vec<Value> = serde_json::from_str(&text).expect("a JSON list of objects");
-            renderings.insert(name, docs);
+            let apis = apis
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let rendering = Rendering {
+                kube_version: kube_version.to_owned(),
+                apis,
+                docs,
+            };
+            assert!(
+                renderings.insert(name.to_owned(), rendering).is_none(),
+                "rendering {name} listed twice"
+            );
         }
         Outcome::Passed(renderings)
     })
@@ -112,7 +157,7 @@ fn outcome() -> &'static Outcome {
 
 /// The renderings, or `None` (after saying so) when the tools are missing
 /// and the environment does not require every test to run.
-fn renderings() -> Option<&'static BTreeMap<String, Vec<Value>>> {
+fn renderings() -> Option<&'static BTreeMap<String, Rendering>> {
     match outcome() {
         Outcome::Passed(r) => Some(r),
         Outcome::Failed(log) => panic!("deploy/test/validate failed:\n{log}"),
@@ -137,16 +182,51 @@ fn renderings() -> Option<&'static BTreeMap<String, Vec<Value>>> {
 /// this test disagree.
 const EXPECTED_RENDERINGS: &[&str] = &[
     "helm-default",
+    "helm-default-1.34",
+    "helm-default-1.37",
     "helm-aws",
+    "helm-aws-1.34",
+    "helm-aws-1.37",
     "helm-aliyun",
+    "helm-aliyun-1.34",
+    "helm-aliyun-1.37",
     "helm-lvm",
+    "helm-lvm-1.34",
+    "helm-lvm-1.37",
     "helm-mixed",
+    "helm-mixed-1.34",
+    "helm-mixed-1.37",
+    "helm-lvm-no-ephemeral",
+    "helm-metrics",
+    "helm-options",
     "kustomize-base",
     "kustomize-aws",
+    "kustomize-aws-all-apis",
     "kustomize-aliyun",
+    "kustomize-aliyun-all-apis",
     "kustomize-lvm",
+    "kustomize-lvm-all-apis",
     "kustomize-mixed",
+    "kustomize-mixed-all-apis",
+    "kustomize-mixed-metrics",
 ];
+
+/// Renderings of deploy/test/values/options.yaml: host networking for both
+/// workloads, metrics on, IPv6 pods, kubelet in /var/lib/k0s/kubelet.
+const OPTIONS_RENDERING: &str = "helm-options";
+const OPTIONS_KUBELET_DIR: &str = "/var/lib/k0s/kubelet";
+/// Renderings with metrics enabled.
+const METRICS_RENDERINGS: &[&str] = &[OPTIONS_RENDERING, "helm-metrics", "kustomize-mixed-metrics"];
+
+/// The pod IP the tests expand `$(POD_IP)` to, as the kubelet would.
+fn sample_pod_ip(origin: &str) -> std::net::IpAddr {
+    if origin.starts_with(&format!("{OPTIONS_RENDERING}:")) {
+        "2001:db8::10".parse().expect("IPv6 address")
+    } else {
+        "192.0.2.10".parse().expect("IPv4 address")
+    }
+}
+const SAMPLE_NODE_NAME: &str = "node-1";
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
@@ -200,7 +280,7 @@ impl<'a> Workload<'a> {
     }
 }
 
-fn workloads(renderings: &BTreeMap<String, Vec<Value>>) -> Vec<Workload<'_>> {
+fn workloads(renderings: &BTreeMap<String, Rendering>) -> Vec<Workload<'_>> {
     for expected in EXPECTED_RENDERINGS {
         assert!(
             renderings.contains_key(*expected),
@@ -208,8 +288,8 @@ fn workloads(renderings: &BTreeMap<String, Vec<Value>>) -> Vec<Workload<'_>> {
         );
     }
     let mut out = Vec::new();
-    for (origin, docs) in renderings {
-        for doc in docs {
+    for (origin, rendering) in renderings {
+        for doc in &rendering.docs {
             let kind = str_at(doc, "/kind");
             if kind == "Deployment" || kind == "DaemonSet" {
                 out.push(Workload {
@@ -230,15 +310,55 @@ fn args(container: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The environment the kubelet gives `container`, with sample values for
+/// the downward API fields the manifests use.
+fn container_env(container: &Value, pod_ip: std::net::IpAddr) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for var in list_at(container, "/env") {
+        let value = if let Some(v) = var.pointer("/value").and_then(Value::as_str) {
+            v.to_owned()
+        } else {
+            match var
+                .pointer("/valueFrom/fieldRef/fieldPath")
+                .and_then(Value::as_str)
+            {
+                Some("spec.nodeName") => SAMPLE_NODE_NAME.to_owned(),
+                Some("status.podIP") => pod_ip.to_string(),
+                Some("metadata.name") => "omnidisk-pod".to_owned(),
+                Some("metadata.namespace") => "kube-system".to_owned(),
+                // Secrets and the like: not needed for arguments.
+                _ => continue,
+            }
+        };
+        env.insert(str_at(var, "/name").to_owned(), value);
+    }
+    env
+}
+
+/// The arguments as the container sees them: `$(VAR)` replaced by the
+/// container's variable, as the kubelet does (unknown ones stay).
+fn expanded_args(container: &Value, pod_ip: std::net::IpAddr) -> Vec<String> {
+    let env = container_env(container, pod_ip);
+    args(container)
+        .into_iter()
+        .map(|mut arg| {
+            for (name, value) in &env {
+                arg = arg.replace(&format!("$({name})"), value);
+            }
+            arg
+        })
+        .collect()
+}
+
 /// The value of `--flag=value` (the manifests always use that form).
 fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     let prefix = format!("{flag}=");
     args.iter().find_map(|a| a.strip_prefix(prefix.as_str()))
 }
 
-fn parse_driver_args(container: &Value) -> Result<Args, clap::Error> {
+fn parse_driver_args(container: &Value, pod_ip: std::net::IpAddr) -> Result<Args, clap::Error> {
     let mut argv = vec!["omnidisk".to_owned()];
-    argv.extend(args(container));
+    argv.extend(expanded_args(container, pod_ip));
     Args::try_parse_from(argv)
 }
 
@@ -264,9 +384,20 @@ fn validation_script_passes() {
         return;
     };
     for expected in EXPECTED_RENDERINGS {
-        let docs = &renderings[*expected];
-        assert!(!docs.is_empty(), "rendering {expected} is empty");
+        let rendering = &renderings[*expected];
+        assert!(!rendering.docs.is_empty(), "rendering {expected} is empty");
+        assert!(
+            ["1.34.0", "1.37.0"].contains(&rendering.kube_version.as_str()),
+            "{expected}: rendered for Kubernetes {}",
+            rendering.kube_version
+        );
     }
+    assert_eq!(
+        renderings.len(),
+        EXPECTED_RENDERINGS.len(),
+        "renderings: {:?}",
+        renderings.keys()
+    );
 }
 
 #[test]
@@ -279,11 +410,12 @@ fn driver_args_parse_with_the_real_flag_parser() {
         let driver = w
             .container("omnidisk")
             .unwrap_or_else(|| panic!("{}: no omnidisk container", w.origin));
-        let parsed = parse_driver_args(driver).unwrap_or_else(|e| {
+        let pod_ip = sample_pod_ip(&w.origin);
+        let parsed = parse_driver_args(driver, pod_ip).unwrap_or_else(|e| {
             panic!(
                 "{}: the driver refuses its arguments {:?}:\n{e}",
                 w.origin,
-                args(driver)
+                expanded_args(driver, pod_ip)
             )
         });
         let expected_mode = if w.kind == "Deployment" {
@@ -325,8 +457,8 @@ fn driver_args_parse_with_the_real_flag_parser() {
         if expected_mode == Mode::Node {
             assert_eq!(
                 parsed.node_id.as_deref(),
-                Some("$(NODE_NAME)"),
-                "{}",
+                Some(SAMPLE_NODE_NAME),
+                "{}: --node-id is not the node name",
                 w.origin
             );
             let env = list_at(driver, "/env")
@@ -360,8 +492,9 @@ fn driver_args_parse_with_the_real_flag_parser() {
         );
         checked += 1;
     }
-    // 7 renderings with a controller Deployment, 10 with a node DaemonSet.
-    assert_eq!(checked, 17, "driver containers checked");
+    // 21 renderings with a controller Deployment (all but kustomize-base
+    // and the six of LVM only), every one of the 28 with a node DaemonSet.
+    assert_eq!(checked, 49, "driver containers checked");
 }
 
 #[test]
@@ -374,8 +507,11 @@ fn a_renamed_flag_breaks_the_check() {
         .find(|w| w.origin.starts_with("helm-default: DaemonSet"))
         .expect("the default node DaemonSet");
     let driver = w.container("omnidisk").expect("omnidisk container");
-    let original = args(driver);
-    assert!(parse_driver_args(driver).is_ok());
+    let original = expanded_args(driver, sample_pod_ip(&w.origin));
+    assert!(
+        Args::try_parse_from(std::iter::once("omnidisk".to_owned()).chain(original.clone()))
+            .is_ok()
+    );
     // Each flag, renamed as a careless refactoring would, must be refused.
     for (i, arg) in original.iter().enumerate() {
         let (flag_name, value) = arg.split_once('=').expect("--flag=value");
@@ -396,7 +532,9 @@ fn socket_paths_agree_between_driver_registrar_and_sidecars() {
     };
     for w in workloads(renderings) {
         let driver = w.container("omnidisk").expect("omnidisk container");
-        let endpoint = parse_driver_args(driver).expect("parses").endpoint;
+        let endpoint = parse_driver_args(driver, sample_pod_ip(&w.origin))
+            .expect("parses")
+            .endpoint;
         let socket = cli::socket_path(&endpoint).unwrap_or_else(|e| panic!("{}: {e}", w.origin));
         let socket_dir = socket.parent().expect("socket in a directory");
         let socket_volume = w.volume_at(driver, socket_dir).unwrap_or_else(|| {
@@ -585,8 +723,8 @@ fn classes_name_the_driver_and_configured_instances() {
         .map(|i| (i.name.as_str(), i.kind.as_deref().unwrap_or_default()))
         .collect();
     let mut storage_classes = 0;
-    for (origin, docs) in renderings {
-        for doc in docs {
+    for (origin, rendering) in renderings {
+        for doc in &rendering.docs {
             let what = format!(
                 "{origin}: {}/{}",
                 str_at(doc, "/kind"),
@@ -658,4 +796,303 @@ fn classes_name_the_driver_and_configured_instances() {
         created >= 1,
         "no example instance of a compiled-in kind was created"
     );
+}
+
+/// The value of a container's `--flag=value`, with `$(VAR)` expanded.
+fn expanded_flag(container: &Value, pod_ip: std::net::IpAddr, name: &str) -> Option<String> {
+    let args = expanded_args(container, pod_ip);
+    flag(&args, name).map(str::to_owned)
+}
+
+fn env_field_path<'a>(container: &'a Value, var: &str) -> Option<&'a str> {
+    list_at(container, "/env")
+        .iter()
+        .find(|e| str_at(e, "/name") == var)
+        .and_then(|e| e.pointer("/valueFrom/fieldRef/fieldPath"))
+        .and_then(Value::as_str)
+}
+
+#[test]
+fn http_endpoints_listen_on_the_pod_ip_only() {
+    let Some(renderings) = renderings() else {
+        return;
+    };
+    let mut endpoints = 0;
+    for w in workloads(renderings) {
+        let pod_ip = sample_pod_ip(&w.origin);
+        let metrics_on = METRICS_RENDERINGS
+            .iter()
+            .any(|r| w.origin.starts_with(&format!("{r}:")));
+        for c in w.containers() {
+            let flags: &[&str] = if name(c) == "omnidisk" {
+                &["--health-address", "--metrics-address"]
+            } else {
+                &["--http-endpoint"]
+            };
+            for f in flags {
+                let Some(raw) = flag(&args(c), f).map(str::to_owned) else {
+                    continue;
+                };
+                // The pod IP from the downward API, never every interface.
+                assert!(
+                    raw.contains("$(POD_IP)"),
+                    "{}: {} {f}={raw} does not listen on the pod IP",
+                    w.origin,
+                    name(c)
+                );
+                assert_eq!(
+                    env_field_path(c, "POD_IP"),
+                    Some("status.podIP"),
+                    "{}: {} uses $(POD_IP) without defining it",
+                    w.origin,
+                    name(c)
+                );
+                let expanded = expanded_flag(c, pod_ip, f).expect("expanded flag");
+                let addr: std::net::SocketAddr = expanded.parse().unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {} {f}={expanded} is no address: {e}",
+                        w.origin,
+                        name(c)
+                    )
+                });
+                assert_eq!(addr.ip(), pod_ip, "{}: {} {f}", w.origin, name(c));
+                endpoints += 1;
+            }
+            // Metrics are opt-in: only the sidecars the kubelet probes
+            // (registrar, livenessprobe) serve HTTP without them.
+            let serves_http = flags.iter().any(|f| flag(&args(c), f).is_some());
+            match name(c) {
+                "omnidisk" => assert_eq!(
+                    flag(&args(c), "--metrics-address").is_some(),
+                    metrics_on,
+                    "{}: driver metrics",
+                    w.origin
+                ),
+                "node-driver-registrar" | "liveness-probe" => {
+                    assert!(serves_http, "{}: {} has no endpoint", w.origin, name(c))
+                }
+                other => assert_eq!(
+                    serves_http, metrics_on,
+                    "{}: {other}'s metrics endpoint",
+                    w.origin
+                ),
+            }
+        }
+        let driver = w.container("omnidisk").expect("omnidisk container");
+        let parsed = parse_driver_args(driver, pod_ip).expect("parses");
+        if let Some(metrics) = parsed.metrics_address {
+            assert_eq!(
+                container_port(driver, "metrics"),
+                Some(u64::from(metrics.port())),
+                "{}: no containerPort for --metrics-address",
+                w.origin
+            );
+        }
+    }
+    assert!(endpoints >= 150, "only {endpoints} endpoints checked");
+}
+
+#[test]
+fn the_driver_is_given_the_kubelet_directory_it_mounts() {
+    let Some(renderings) = renderings() else {
+        return;
+    };
+    let mut checked = 0;
+    for w in workloads(renderings) {
+        if w.kind != "DaemonSet" {
+            continue;
+        }
+        let driver = w.container("omnidisk").expect("omnidisk container");
+        let env = container_env(driver, sample_pod_ip(&w.origin));
+        let kubelet_dir = env
+            .get("OMNIDISK_KUBELET_DIR")
+            .unwrap_or_else(|| panic!("{}: OMNIDISK_KUBELET_DIR not set", w.origin));
+        let volume = w
+            .volume_at(driver, Path::new(kubelet_dir))
+            .unwrap_or_else(|| panic!("{}: nothing mounted at {kubelet_dir}", w.origin));
+        assert_eq!(
+            str_at(w.volume(volume), "/hostPath/path"),
+            kubelet_dir,
+            "{}: the kubelet directory must be mounted at its host path",
+            w.origin
+        );
+        let registrar = w.container("node-driver-registrar").expect("registrar");
+        let registration = flag(&args(registrar), "--kubelet-registration-path")
+            .map(str::to_owned)
+            .expect("registration path");
+        assert!(
+            Path::new(&registration).starts_with(kubelet_dir),
+            "{}: the plugin registers {registration}, outside {kubelet_dir}",
+            w.origin
+        );
+        let expected = if w.origin.starts_with(&format!("{OPTIONS_RENDERING}:")) {
+            OPTIONS_KUBELET_DIR
+        } else {
+            "/var/lib/kubelet"
+        };
+        assert_eq!(kubelet_dir, expected, "{}", w.origin);
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        EXPECTED_RENDERINGS.len(),
+        "node DaemonSets checked"
+    );
+}
+
+#[test]
+fn host_network_only_where_asked_for() {
+    let Some(renderings) = renderings() else {
+        return;
+    };
+    let mut host = 0;
+    for w in workloads(renderings) {
+        let wanted = w.origin.starts_with(&format!("{OPTIONS_RENDERING}:"));
+        let on = w.pod.pointer("/hostNetwork") == Some(&Value::Bool(true));
+        assert_eq!(on, wanted, "{}: hostNetwork", w.origin);
+        if on {
+            // Cluster DNS still resolves from the host network.
+            assert_eq!(
+                w.pod.pointer("/dnsPolicy").and_then(Value::as_str),
+                Some("ClusterFirstWithHostNet"),
+                "{}",
+                w.origin
+            );
+            host += 1;
+        } else {
+            assert!(w.pod.pointer("/dnsPolicy").is_none(), "{}", w.origin);
+        }
+    }
+    assert_eq!(
+        host, 2,
+        "host-network workloads: the controller and the node plugin"
+    );
+}
+
+/// Whether a rendering's instances serve inline ephemeral volumes: every
+/// configuration with a local-lvm instance, unless it says otherwise.
+fn expects_ephemeral(rendering: &str) -> bool {
+    let lvm = ["-default", "-lvm", "-mixed", "-options", "-metrics"]
+        .iter()
+        .any(|k| rendering.contains(k));
+    lvm && !rendering.contains("no-ephemeral")
+}
+
+#[test]
+fn csidriver_lists_ephemeral_only_where_an_instance_serves_it() {
+    let Some(renderings) = renderings() else {
+        return;
+    };
+    let mut with = 0;
+    for (origin, rendering) in renderings {
+        let drivers: Vec<&Value> = rendering
+            .docs
+            .iter()
+            .filter(|d| str_at(d, "/kind") == "CSIDriver")
+            .collect();
+        assert_eq!(drivers.len(), 1, "{origin}: CSIDriver objects");
+        let modes: Vec<&str> = list_at(drivers[0], "/spec/volumeLifecycleModes")
+            .iter()
+            .map(|m| m.as_str().expect("mode"))
+            .collect();
+        let expected: &[&str] = if expects_ephemeral(origin) {
+            with += 1;
+            &["Persistent", "Ephemeral"]
+        } else {
+            &["Persistent"]
+        };
+        assert_eq!(modes, expected, "{origin}: volumeLifecycleModes");
+    }
+    assert!(
+        with >= 10 && with < renderings.len(),
+        "{with} with Ephemeral"
+    );
+}
+
+fn count_kind(rendering: &Rendering, kind: &str) -> usize {
+    rendering
+        .docs
+        .iter()
+        .filter(|d| str_at(d, "/kind") == kind)
+        .count()
+}
+
+/// The rules of every ClusterRole in a rendering that grant `group`.
+fn cluster_roles_granting<'a>(rendering: &'a Rendering, group: &str) -> Vec<&'a str> {
+    rendering
+        .docs
+        .iter()
+        .filter(|d| str_at(d, "/kind") == "ClusterRole")
+        .filter(|d| {
+            list_at(d, "/rules").iter().any(|r| {
+                list_at(r, "/apiGroups")
+                    .iter()
+                    .any(|g| g.as_str() == Some(group))
+            })
+        })
+        .map(|d| str_at(d, "/metadata/name"))
+        .collect()
+}
+
+#[test]
+fn api_gated_objects_appear_exactly_where_their_api_is_served() {
+    let Some(renderings) = renderings() else {
+        return;
+    };
+    let mut served = 0;
+    for (origin, rendering) in renderings {
+        // Renderings whose values define no such class.
+        let no_classes = origin.contains("no-ephemeral");
+        for (api, kind) in [
+            (ATTRIBUTES_CLASS_API, "VolumeAttributesClass"),
+            (SNAPSHOT_CLASS_API, "VolumeSnapshotClass"),
+            (GROUP_SNAPSHOT_CLASS_API, "VolumeGroupSnapshotClass"),
+        ] {
+            let count = count_kind(rendering, kind);
+            if !rendering.serves(api) {
+                assert_eq!(count, 0, "{origin}: {kind} without {api}");
+            } else if !no_classes && !(kind == "VolumeAttributesClass" && origin.contains("lvm")) {
+                assert!(count > 0, "{origin}: no {kind} although {api} is served");
+                served += 1;
+            }
+        }
+
+        // csi-snapshotter takes group snapshots exactly where their API is
+        // served: with the gate on and the CRDs missing, 8.6.0 stops
+        // serving plain VolumeSnapshots too.
+        let groups = rendering.serves(GROUP_SNAPSHOT_CLASS_API);
+        let mut snapshotters = 0;
+        for doc in &rendering.docs {
+            let kind = str_at(doc, "/kind");
+            if kind != "Deployment" && kind != "DaemonSet" {
+                continue;
+            }
+            for c in list_at(doc, "/spec/template/spec/containers") {
+                if name(c) != "csi-snapshotter" {
+                    continue;
+                }
+                let gate = args(c).iter().any(|a| a == GROUP_SNAPSHOT_GATE);
+                assert_eq!(
+                    gate, groups,
+                    "{origin}: {kind} csi-snapshotter group snapshot gate"
+                );
+                snapshotters += 1;
+            }
+        }
+        let granting = cluster_roles_granting(rendering, "groupsnapshot.storage.k8s.io");
+        if groups {
+            assert!(snapshotters > 0, "{origin}: no csi-snapshotter");
+            assert_eq!(
+                granting.len(),
+                snapshotters,
+                "{origin}: ClusterRoles granting group snapshots: {granting:?}"
+            );
+        } else {
+            assert!(
+                granting.is_empty(),
+                "{origin}: {granting:?} grant group snapshots"
+            );
+        }
+    }
+    assert!(served >= 20, "only {served} served kinds checked");
 }

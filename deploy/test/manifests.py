@@ -6,10 +6,12 @@ core/tests/deploy_manifests.rs.
     manifests.py split RENDERED.yaml OUTDIR     # builtin.yaml + crd/<kind>-N.yaml
     manifests.py compare HELM.yaml KUSTOMIZE.yaml
     manifests.py json RENDERED.yaml OUT.json
+    manifests.py crd-component KUSTOMIZATION.yaml TAG
 """
 
 import json
 import os
+import re
 import sys
 
 import yaml
@@ -19,6 +21,8 @@ import yaml
 CRD_SCHEMAS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): "volumesnapshotclass.json",
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): "volumesnapshot.json",
+    ("groupsnapshot.storage.k8s.io/v1", "VolumeGroupSnapshotClass"): "volumegroupsnapshotclass.json",
+    ("groupsnapshot.storage.k8s.io/v1", "VolumeGroupSnapshot"): "volumegroupsnapshot.json",
 }
 # Built-in kinds that are also checked against a vendored schema, written
 # from the published field list, on top of kubernetes-validate.
@@ -141,6 +145,40 @@ def to_json(rendered, out):
         json.dump(load(rendered), f, indent=1, sort_keys=True)
 
 
+# The CRD files of external-snapshotter's group snapshot API, in its
+# client/config/crd directory.
+GROUP_SNAPSHOT_CRDS = (
+    "groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml",
+    "groupsnapshot.storage.k8s.io_volumegroupsnapshotcontents.yaml",
+    "groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml",
+)
+
+
+def crd_component(path, tag):
+    """The CRD component lists exactly the group snapshot CRDs of one
+    external-snapshotter release (it is fetched at apply time, so it is
+    checked here instead of rendered)."""
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    if doc.get("kind") != "Component":
+        raise ManifestError(f"{path}: kind is {doc.get('kind')!r}, not Component")
+    pattern = re.compile(
+        r"^https://raw\.githubusercontent\.com/kubernetes-csi/external-snapshotter/"
+        r"(?P<tag>[^/]+)/client/config/crd/(?P<file>[^/]+)$"
+    )
+    found = []
+    for resource in doc.get("resources", []):
+        m = pattern.match(resource)
+        if not m:
+            raise ManifestError(f"{path}: {resource} is not an external-snapshotter CRD file")
+        if m["tag"] != tag:
+            raise ManifestError(f"{path}: {resource} is pinned to {m['tag']}, not {tag}")
+        found.append(m["file"])
+    if sorted(found) != sorted(GROUP_SNAPSHOT_CRDS):
+        raise ManifestError(f"{path}: lists {found}, expected {list(GROUP_SNAPSHOT_CRDS)}")
+    print(f"{path}: the {len(found)} group snapshot CRDs of external-snapshotter {tag}")
+
+
 def main(argv):
     try:
         if len(argv) == 4 and argv[1] == "split":
@@ -150,6 +188,9 @@ def main(argv):
             return compare(argv[2], argv[3])
         if len(argv) == 4 and argv[1] == "json":
             to_json(argv[2], argv[3])
+            return 0
+        if len(argv) == 4 and argv[1] == "crd-component":
+            crd_component(argv[2], argv[3])
             return 0
     except (ManifestError, yaml.YAMLError, OSError) as e:
         print(f"manifests.py: {e}", file=sys.stderr)

@@ -93,3 +93,67 @@ app.kubernetes.io/component: {{ . }}
     fieldRef:
       fieldPath: metadata.namespace
 {{- end -}}
+
+{{/*
+"true" when a listed instance serves CSI ephemeral inline volumes: of the
+built-in kinds only local-lvm can, and only while its `ephemeral` is not
+false (the driver's [node.ephemeral] default takes every node-local
+instance). Fails when a cloud instance asks for them.
+*/}}
+{{- define "omnidisk.hasEphemeral" -}}
+{{- $found := false -}}
+{{- range .Values.instances -}}
+{{- $wanted := ternary .ephemeral (eq .kind "local-lvm") (hasKey . "ephemeral") -}}
+{{- if and $wanted (ne .kind "local-lvm") -}}
+{{- fail (printf "instances: %s has ephemeral: true, but kind %s cannot serve inline ephemeral volumes (only local-lvm can)" .name .kind) -}}
+{{- end -}}
+{{- if $wanted -}}{{- $found = true -}}{{- end -}}
+{{- end -}}
+{{- if $found -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+API-gated objects: rendered only where the cluster serves their kind (helm
+discovers it at install; `helm template` needs --api-versions).
+*/}}
+{{- define "omnidisk.servesAttributesClasses" -}}
+{{- if .Capabilities.APIVersions.Has "storage.k8s.io/v1/VolumeAttributesClass" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "omnidisk.servesSnapshotClasses" -}}
+{{- if .Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "omnidisk.servesGroupSnapshotClasses" -}}
+{{- if .Capabilities.APIVersions.Has "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when csi-snapshotter runs with group snapshots: the cluster serves
+groupsnapshot.storage.k8s.io/v1. csi-snapshotter 8.6.0 with the gate on and
+the CRDs missing stops serving plain VolumeSnapshots too, so the gate
+follows the API.
+*/}}
+{{- define "omnidisk.groupSnapshots" -}}
+{{- if include "omnidisk.servesGroupSnapshotClasses" . -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+A listen address on the pod IP (`status.podIP` in $(POD_IP)): reachable by
+the kubelet's probes and a scraper, never bound to every interface of a
+host-network pod. IPv6 addresses need brackets.
+*/}}
+{{- define "omnidisk.podAddress" -}}
+{{- if eq .root.Values.ipFamily "IPv6" -}}
+[$(POD_IP)]:{{ .port }}
+{{- else -}}
+$(POD_IP):{{ .port }}
+{{- end -}}
+{{- end -}}
+
+{{- define "omnidisk.podIPEnv" -}}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end -}}
