@@ -1,0 +1,205 @@
+# shellcheck shell=bash
+# Shared by the scripts in scripts/ (sourced, not run). Bash only.
+#
+#   od_elevate "$@"      re-run the calling script as root through sudo,
+#                        handing over the caller's Rust toolchain
+#   od_rust_env          find cargo (also a rustup toolchain that sudo's
+#                        secure_path hides) and check its version
+#   od_apt_install SPEC  install Debian packages without ever removing or
+#                        downgrading one; SPEC is NAME or NAME>=VERSION
+#   od_venv_dir          the project's Python virtual environment
+#
+# Messages go to stderr, prefixed with $OD_NAME (the calling script's name).
+
+OD_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OD_NAME=${OD_NAME:-$(basename "$0")}
+
+od_log() { printf '%s: %s\n' "$OD_NAME" "$*" >&2; }
+od_die() {
+	printf '%s: error: %s\n' "$OD_NAME" "$*" >&2
+	exit 1
+}
+
+# The project's Python virtual environment (moto, the Alibaba Cloud SDKs).
+od_venv_dir() { printf '%s\n' "${OMNIDISK_VENV:-/var/cache/omnidisk/venv}"; }
+
+# --- Rust ----------------------------------------------------------------------
+
+# The oldest Rust the workspace builds with (Cargo.toml's rust-version).
+od_rust_minimum() {
+	sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$OD_REPO/Cargo.toml" | head -n1
+}
+
+# od_version_ge A B: version A is B or newer (dotted numbers).
+od_version_ge() {
+	[ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$2" ]
+}
+
+# od_home_of USER: the user's home directory.
+od_home_of() { getent passwd "$1" | cut -d: -f6; }
+
+# od_use_toolchain_of HOME: put a rustup installation under HOME on PATH.
+od_use_toolchain_of() {
+	PATH=$1/.cargo/bin:$PATH
+	export PATH
+	export CARGO_HOME=${CARGO_HOME:-$1/.cargo}
+	export RUSTUP_HOME=${RUSTUP_HOME:-$1/.rustup}
+}
+
+# od_rust_env: make `cargo` runnable and at least the workspace's
+# rust-version, or stop saying how to get there. Looks at PATH, then
+# ~/.cargo/bin, then (as root under sudo) the invoking user's ~/.cargo/bin,
+# since sudo's secure_path drops a rustup toolchain from PATH.
+od_rust_env() {
+	local user_home
+	if ! command -v cargo >/dev/null 2>&1; then
+		if [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+			od_use_toolchain_of "$HOME"
+		elif [ "$(id -u)" = 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] &&
+			user_home=$(od_home_of "$SUDO_USER") && [ -x "$user_home/.cargo/bin/cargo" ]; then
+			od_log "using $SUDO_USER's Rust toolchain ($user_home/.cargo/bin, sudo's PATH hides it)"
+			od_use_toolchain_of "$user_home"
+		else
+			od_die "cargo not found. Install Rust $(od_rust_minimum) or newer with rustup as the user who runs the scripts (https://rustup.rs), open a new shell (or '. ~/.cargo/env') and run this again. Under sudo, cargo is looked for in \$SUDO_USER's ~/.cargo/bin; elsewhere, pass PATH, CARGO_HOME and RUSTUP_HOME: sudo env PATH=\"\$PATH\" CARGO_HOME=\"\$HOME/.cargo\" RUSTUP_HOME=\"\$HOME/.rustup\" $0"
+		fi
+	fi
+	local want have
+	want=$(od_rust_minimum)
+	have=$(cd "$OD_REPO" && rustc --version 2>/dev/null | awk '{ print $2 }') ||
+		od_die "cargo is on PATH but rustc does not run ($(command -v cargo)); with rustup: rustup default stable"
+	[ -n "$have" ] || od_die "cannot tell the Rust version: 'rustc --version' printed nothing (with rustup: rustup default stable)"
+	if [ -n "$want" ] && ! od_version_ge "${have%%-*}" "$want"; then
+		od_die "Rust $have is too old: the workspace needs $want or newer (rustup update stable)"
+	fi
+}
+
+# --- root ----------------------------------------------------------------------
+
+# od_elevate "$@": as root, return; otherwise re-run the calling script
+# through sudo with the caller's toolchain (PATH, CARGO_HOME, RUSTUP_HOME)
+# and the OMNIDISK_*, CARGO_*, RUST* and proxy settings.
+od_elevate() {
+	[ "$(id -u)" = 0 ] && return 0
+	command -v sudo >/dev/null 2>&1 ||
+		od_die "needs root (apt-get, loop devices, mounts) and sudo is not installed: run it as root"
+	local script vars=() name root_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin cargo
+	script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+	# Root gets a system PATH plus the directory of this user's cargo, not
+	# the rest of the user's PATH.
+	command -v cargo >/dev/null 2>&1 || [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ] || od_use_toolchain_of "$HOME"
+	if cargo=$(command -v cargo 2>/dev/null); then
+		root_path=$(dirname "$cargo"):$root_path
+		export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+		export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
+	fi
+	vars+=("PATH=$root_path")
+	while IFS= read -r name; do
+		vars+=("$name=${!name}")
+	done < <(compgen -e | grep -E '^(OMNIDISK_|CARGO|RUSTUP_|RUST_|RUSTFLAGS$|TMPDIR$|[Hh][Tt][Tt][Pp][Ss]?_[Pp][Rr][Oo][Xx][Yy]$|[Nn][Oo]_[Pp][Rr][Oo][Xx][Yy]$)')
+	od_log "needs root: sudo $script $*"
+	exec sudo -- env "${vars[@]}" "$script" "$@"
+}
+
+# --- Debian packages -----------------------------------------------------------
+
+# What building the driver needs: protoc with Google's well-known types, a C
+# compiler and linker (rustc links with cc; some crates compile C), and CA
+# certificates for cargo's downloads.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OD_BUILD_PACKAGES=("protobuf-compiler>=3.15" libprotobuf-dev gcc libc6-dev ca-certificates)
+# What the LVM virtual machine is made of and built with (tests/vm/build-image
+# copies these host packages' programs into its initramfs).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OD_VM_PACKAGES=(
+	"qemu-system-x86>=1:7.2" kmod cpio xz-utils binutils coreutils
+	busybox-static "lvm2>=2.03" dmsetup thin-provisioning-tools e2fsprogs xfsprogs util-linux mount bash libc6
+)
+
+OD_APT_UPDATED=0
+od_apt_update_once() {
+	[ "$OD_APT_UPDATED" = 1 ] && return 0
+	od_log "apt-get update"
+	apt-get update -qq >&2 || od_die "apt-get update failed"
+	OD_APT_UPDATED=1
+}
+
+# od_apt_install SPEC...: SPEC is NAME or NAME>=VERSION (Debian version
+# syntax, with the epoch where the package has one). An installed package
+# that is new enough is used as it is; one that is too old stops the script.
+# Missing packages are installed only if apt would neither remove nor
+# downgrade anything to do so; otherwise nothing is changed and the script
+# stops naming the packages concerned and what to do.
+od_apt_install() {
+	local spec name min status version missing=() mins=() too_old=()
+	command -v dpkg-query >/dev/null 2>&1 || od_die "not a Debian-based system (no dpkg): install $* by hand"
+	for spec in "$@"; do
+		name=${spec%%>=*}
+		min=""
+		[ "$name" = "$spec" ] || min=${spec#*>=}
+		status=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$name" 2>/dev/null || true)
+		case "$status" in
+		"installed "*)
+			version=${status#installed }
+			if [ -n "$min" ] && ! dpkg --compare-versions "$version" ge "$min"; then
+				too_old+=("$name $version is installed, $min or newer is needed")
+			fi
+			;;
+		*)
+			missing+=("$name")
+			mins+=("$min")
+			;;
+		esac
+	done
+	if [ "${#too_old[@]}" -gt 0 ]; then
+		od_die "$(printf '%s; ' "${too_old[@]}")upgrade them (apt-get install --only-upgrade PACKAGE, or from a newer release of your distribution) and run this again. Nothing was changed."
+	fi
+	[ "${#missing[@]}" -eq 0 ] && return 0
+	[ "$(id -u)" = 0 ] || od_die "missing packages: ${missing[*]} (run this as root, or: sudo apt-get install ${missing[*]})"
+
+	od_apt_update_once
+	local plan
+	plan=$(LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -s -y --no-install-recommends install "${missing[@]}" 2>&1) ||
+		od_die "apt cannot install ${missing[*]}: $(printf '%s\n' "$plan" | grep -E '^(E:| )' | head -n 12 | tr '\n' ' ')(nothing was changed; on Ubuntu, enable the universe component)"
+
+	# Simulation lines: "Remv NAME [OLD]", "Inst NAME [OLD] (NEW RELEASE [ARCH])",
+	# "Inst NAME (NEW RELEASE [ARCH])".
+	local line pkg old new removals=() downgrades=() upgrades=() i
+	while IFS= read -r line; do
+		case "$line" in
+		"Remv "*)
+			read -r _ pkg old _ <<<"$line"
+			removals+=("$pkg ${old//[\[\]]/}")
+			;;
+		"Inst "*"["*"] ("*)
+			pkg=$(awk '{ print $2 }' <<<"$line")
+			old=$(sed -n 's/^Inst [^ ]* \[\([^]]*\)\].*/\1/p' <<<"$line")
+			new=$(sed -n 's/^Inst [^(]*(\([^ ]*\) .*/\1/p' <<<"$line")
+			if dpkg --compare-versions "$new" lt "$old"; then
+				downgrades+=("$pkg from $old to $new")
+			else
+				upgrades+=("$pkg $old -> $new")
+			fi
+			;;
+		esac
+	done <<<"$plan"
+	for i in "${!missing[@]}"; do
+		[ -n "${mins[$i]}" ] || continue
+		new=$(sed -n "s/^Inst ${missing[$i]//./\\.} (\([^ ]*\) .*/\1/p" <<<"$plan")
+		if [ -n "$new" ] && ! dpkg --compare-versions "$new" ge "${mins[$i]}"; then
+			too_old+=("${missing[$i]} $new is what apt offers, ${mins[$i]} or newer is needed")
+		fi
+	done
+	if [ "${#removals[@]}" -gt 0 ] || [ "${#downgrades[@]}" -gt 0 ]; then
+		local what=""
+		[ "${#removals[@]}" -eq 0 ] || what="remove $(printf '%s, ' "${removals[@]}")"
+		[ "${#downgrades[@]}" -eq 0 ] || what="${what}downgrade $(printf '%s, ' "${downgrades[@]}")"
+		od_die "installing ${missing[*]} would ${what%, }. Nothing was changed. Install versions of ${missing[*]} that fit what this machine has (for packages from a backports or other release: apt-get install -t RELEASE ${missing[*]}), or install them yourself, then run this again."
+	fi
+	if [ "${#too_old[@]}" -gt 0 ]; then
+		od_die "$(printf '%s; ' "${too_old[@]}")install a newer version (e.g. from your distribution's backports) and run this again. Nothing was changed."
+	fi
+	od_log "apt-get install ${missing[*]}"
+	[ "${#upgrades[@]}" -eq 0 ] || od_log "apt upgrades as dependencies: ${upgrades[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" >/dev/null ||
+		od_die "apt-get install ${missing[*]} failed"
+}
