@@ -17,6 +17,14 @@ plugin_dir=/var/lib/kubelet/plugins/kubernetes.io/csi/omnidisk.csi.dev
 pods_dir=/var/lib/kubelet/pods
 
 csi() { csictl --endpoint "$endpoint" "$@"; }
+
+# Printing only: what the console shows between the markers. Lines that are
+# not csictl's own output are indented and say what they are.
+say() { echo "    $*"; }
+# A refusal the driver must give goes to $refusal (expect_fails ... 2>"$refusal")
+# and is then shown as the expected outcome it is, not as an error.
+refusal=/tmp/expected-refusal
+show_refusal() { say "refused, as expected ($1): $(tr '\n' ' ' <"$refusal")"; }
 staging_of() { echo "$plugin_dir/$1/globalmount"; }
 target_of() { echo "$pods_dir/pod-$1/volumes/kubernetes.io~csi/$1/mount"; }
 
@@ -88,6 +96,7 @@ pass "$info"
 
 step capabilities
 caps=$(csi caps)
+say "capabilities:"
 echo "$caps"
 expect_contains "$caps" CREATE_DELETE_SNAPSHOT "controller capabilities"
 expect_contains "$caps" EXPAND_VOLUME "capabilities"
@@ -109,19 +118,23 @@ expect_match "$thin" 'v1.lvm-thin.*' "thin volume id"
 # A retried CreateVolume (same name and size) returns the same volume.
 again=$(csi create pvc-thin --size 128M --type lvm-thin --node vm --fs-type ext4)
 expect_eq "$again" "$thin" "id of a repeated create"
-expect_fails "create with the same name and another size" csi create pvc-thin --size 192M --type lvm-thin --node vm --fs-type ext4
+say "CreateVolume repeated with the same name and size: same id $again"
+expect_fails "create with the same name and another size" csi create pvc-thin --size 192M --type lvm-thin --node vm --fs-type ext4 2>"$refusal"
+show_refusal "same name, another size"
+say "logical volumes (name, attributes, pool):"
 lvs --noheadings -o lv_name,lv_attr,pool_lv "$vg"
-pass "$thin"
+pass "$thin (a repeat returned the same id; another size was refused)"
 
 step stage-publish
 stage_and_publish "$thick" pvc-thick xfs
 stage_and_publish "$thin" pvc-thin ext4
 # Kubelet retries: a second identical stage and publish must succeed.
+say "kubelet retries: stage and publish $thin again (must succeed and change nothing):"
 csi stage "$thin" --staging-path "$(staging_of pvc-thin)" --fs-type ext4
 csi publish "$thin" --target "$(target_of pvc-thin)" --staging-path "$(staging_of pvc-thin)" --fs-type ext4
 expect_eq "$(blkid -o value -s TYPE "$(findmnt -n -o SOURCE "$(staging_of pvc-thick)")")" xfs "filesystem of the thick volume"
 expect_eq "$(blkid -o value -s TYPE "$(findmnt -n -o SOURCE "$(staging_of pvc-thin)")")" ext4 "filesystem of the thin volume"
-pass
+pass "xfs and ext4 volumes staged and published; the retry succeeded"
 
 step write-data
 echo "written before the snapshot" >"$(target_of pvc-thin)/file"
@@ -136,6 +149,7 @@ step snapshot
 snap=$(csi snapshot create snap-thin --volume "$thin")
 expect_match "$snap" 'v1.lvm-thin.*' "snapshot id"
 snaps=$(csi snapshot list --volume "$thin")
+say "snapshots of $thin (id, source, size in bytes, readiness):"
 echo "$snaps"
 expect_contains "$snaps" "$snap" "snapshot list"
 expect_contains "$snaps" "ready=true" "snapshot readiness"
@@ -158,8 +172,9 @@ expect_match "$clone" 'v1.lvm-thin.*' "clone id"
 stage_and_publish "$clone" pvc-clone ext4 --readonly
 expect_eq "$(cat "$(target_of pvc-clone)/file")" "written after the snapshot" "file in the clone"
 expect_eq "$(sha256sum "$(target_of pvc-clone)/blob" | cut -d' ' -f1)" "$blob_sum" "blob in the clone"
-expect_fails "writing through a read-only publish" sh -c "echo x >'$(target_of pvc-clone)/new'"
-pass "$clone"
+expect_fails "writing through a read-only publish" sh -c "echo x >'$(target_of pvc-clone)/new'" 2>"$refusal"
+show_refusal "writing through a read-only publish"
+pass "$clone (published read-only: a write was refused)"
 
 step expand-thin-online
 before=$(size_of_fs_kib "$(target_of pvc-thin)")
@@ -177,7 +192,8 @@ step expand-thick-online
 before=$(size_of_fs_kib "$(target_of pvc-thick)")
 capacity=$(csi expand "$thick" --size 400M)
 expect_eq "$capacity" 419430400 "capacity after controller expand"
-csi node-expand "$thick" --path "$(target_of pvc-thick)" --staging-path "$(staging_of pvc-thick)" --size 400M
+node_capacity=$(csi node-expand "$thick" --path "$(target_of pvc-thick)" --staging-path "$(staging_of pvc-thick)" --size 400M)
+say "node-expand reported $node_capacity bytes"
 after=$(size_of_fs_kib "$(target_of pvc-thick)")
 expect_gt "$after" "$before" "xfs size in KiB after expansion"
 expect_eq "$(cat "$(target_of pvc-thick)/file")" "thick data" "data after expansion"
@@ -194,7 +210,8 @@ expect_match "$tsnap" 'v1.lvm-thick.*' "thick snapshot id"
 echo "thick after the snapshot" >"$(target_of pvc-thick2)/file"
 sync
 # A thick origin with a snapshot cannot grow (lvm refuses while it is active).
-expect_fails "expanding a thick volume that has a snapshot" csi expand "$t2" --size 128M
+expect_fails "expanding a thick volume that has a snapshot" csi expand "$t2" --size 128M 2>"$refusal"
+show_refusal "expanding a thick volume that has a snapshot"
 trestored=$(csi create pvc-thick-restored --size 64M --type lvm-thick --node vm --fs-type ext4 --from-snapshot "$tsnap")
 stage_and_publish "$trestored" pvc-thick-restored ext4
 expect_eq "$(cat "$(target_of pvc-thick-restored)/file")" "thick before the snapshot" "file in the restored thick volume"
@@ -210,10 +227,11 @@ csi delete "$tclone"
 csi delete "$trestored"
 csi snapshot delete "$tsnap"
 csi delete "$t2"
-pass "$tsnap -> $trestored, clone $tclone"
+pass "$tsnap -> $trestored, clone $tclone (expanding the origin was refused while it had the snapshot)"
 
 step stats
 stats=$(csi stats "$thin" --path "$(target_of pvc-thin)")
+say "usage of $thin:"
 echo "$stats"
 expect_contains "$stats" "BYTES total=" "byte usage"
 expect_contains "$stats" "INODES total=" "inode usage"
@@ -224,14 +242,16 @@ pass "$(echo "$stats" | head -n1)"
 
 step list-and-capacity
 list=$(csi list)
+say "volumes listed (id, capacity in bytes):"
 echo "$list"
 for id in "$thick" "$thin" "$restored" "$clone"; do
 	expect_contains "$list" "$id" "volume list"
 done
 # Each volume once, under its own instance (two instances share the VG).
 expect_eq "$(printf '%s\n' "$list" | grep -c .)" 4 "number of volumes listed"
-csi capacity --type lvm-thin
-csi capacity --type lvm-thick
+free_thin=$(csi capacity --type lvm-thin)
+free_thick=$(csi capacity --type lvm-thick)
+say "available capacity: lvm-thin $free_thin bytes, lvm-thick $free_thick bytes"
 pass "$(echo "$list" | wc -l) volumes"
 
 step block-volume
@@ -256,11 +276,12 @@ for pair in "$clone pvc-clone" "$restored pvc-restored" "$thin pvc-thin" "$thick
 	unpublish_and_unstage "$1" "$2"
 done
 # Retried calls after success are no-ops.
+say "kubelet retries: unpublish and unstage $thin again (must succeed as no-ops):"
 csi unpublish "$thin" --target "$(target_of pvc-thin)"
 csi unstage "$thin" --staging-path "$(staging_of pvc-thin)"
 left=$(grep -c ' /var/lib/kubelet' /proc/self/mounts || true)
 expect_eq "$left" 0 "mounts left under /var/lib/kubelet"
-pass
+pass "no mounts left; the retry succeeded"
 
 step delete
 csi delete "$clone"
@@ -269,12 +290,13 @@ csi snapshot delete "$snap"
 csi delete "$thin"
 csi delete "$thick"
 # Deleting what is gone succeeds (CSI requires it).
+say "deleting again what is already gone (must succeed):"
 csi delete "$thin"
 csi snapshot delete "$snap"
 left=$(lvs --noheadings -o lv_name "$vg" | tr -d ' ' | grep -v '^pool0$' || true)
 expect_eq "$left" "" "logical volumes left besides pool0"
 expect_eq "$(csi list)" "" "volume list after deleting everything"
-pass
+pass "no volumes or snapshots left; deleting them again succeeded"
 
 step driver-stop
 kill -0 "$driver_pid" || fail "the driver died during the test: $(tail -n 5 "$driver_log")"
