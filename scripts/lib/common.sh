@@ -77,7 +77,7 @@ od_rust_env() {
 
 # od_elevate "$@": as root, return; otherwise re-run the calling script
 # through sudo with the caller's toolchain (PATH, CARGO_HOME, RUSTUP_HOME)
-# and the OMNIDISK_*, CARGO_*, RUST* and proxy settings.
+# and the OMNIDISK_*, CARGO_*, RUST*, proxy, CA bundle and PIP_* settings.
 od_elevate() {
 	[ "$(id -u)" = 0 ] && return 0
 	command -v sudo >/dev/null 2>&1 ||
@@ -95,7 +95,7 @@ od_elevate() {
 	vars+=("PATH=$root_path")
 	while IFS= read -r name; do
 		vars+=("$name=${!name}")
-	done < <(compgen -e | grep -E '^(OMNIDISK_|CARGO|RUSTUP_|RUST_|RUSTFLAGS$|TMPDIR$|[Hh][Tt][Tt][Pp][Ss]?_[Pp][Rr][Oo][Xx][Yy]$|[Nn][Oo]_[Pp][Rr][Oo][Xx][Yy]$)')
+	done < <(compgen -e | grep -E '^(OMNIDISK_|CARGO|RUSTUP_|RUST_|RUSTFLAGS$|TMPDIR$|[Hh][Tt][Tt][Pp][Ss]?_[Pp][Rr][Oo][Xx][Yy]$|[Nn][Oo]_[Pp][Rr][Oo][Xx][Yy]$|SSL_CERT_(FILE|DIR)$|CURL_CA_BUNDLE$|REQUESTS_CA_BUNDLE$|PIP_[A-Z_]+$)')
 	od_log "needs root: sudo $script $*"
 	exec sudo -- env "${vars[@]}" "$script" "$@"
 }
