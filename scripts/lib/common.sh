@@ -115,6 +115,44 @@ OD_VM_PACKAGES=(
 	busybox-static "lvm2>=2.03" dmsetup thin-provisioning-tools e2fsprogs xfsprogs util-linux mount bash libc6
 )
 
+# od_apt_hint PLAN MISSING...: what to do when installing MISSING would
+# remove, downgrade or break a package this machine has: where an installed
+# package named in apt's PLAN came from another release (backports), take
+# the missing ones from there too.
+od_apt_hint() {
+	local plan=$1 pkg release releases=() hint="" src m msrc related=() kept=()
+	shift
+	for pkg in $(printf '%s\n' "$plan" | sed -n -e 's/^Remv \([^ ]*\).*/\1/p' -e 's/^Inst \([^ ]*\) \[.*/\1/p' -e 's/^ *\([^ ]*\) : .*/\1/p' | sort -u); do
+		[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || continue
+		# The release of the installed version, from its line in apt-cache policy.
+		release=$(LC_ALL=C apt-cache policy "$pkg" 2>/dev/null | awk '
+			/^ \*\*\* / { mine = 1; next }
+			/^     [^ ]/ { mine = 0 }
+			mine && $2 ~ /:\/\// { split($3, a, "/"); print a[1]; exit }')
+		if [ -n "$release" ] && [ "$release" != "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" ]; then
+			releases+=("$release")
+			# The missing packages built from the same source (qemu-utils and
+			# qemu-system-x86 are both qemu's) must come from that release too.
+			src=$(dpkg-query -W -f='${source:Package}' "$pkg")
+			for m in "$@"; do
+				msrc=$(apt-cache show --no-all-versions "$m" 2>/dev/null | sed -n 's/^Source: \([^ ]*\).*/\1/p' | head -n1)
+				[ "${msrc:-$m}" != "$src" ] || related+=("$m")
+			done
+			hint="$hint $pkg $(dpkg-query -W -f='${Version}' "$pkg") is from $release."
+		else
+			kept+=("$pkg")
+			hint="$hint $pkg $(dpkg-query -W -f='${Version}' "$pkg") is installed."
+		fi
+	done
+	if [ "${#releases[@]}" -gt 0 ]; then
+		[ "${#related[@]}" -gt 0 ] || related=("$@")
+		hint="$hint Install $(printf '%s\n' "${related[@]}" | sort -u | tr '\n' ' ')from there too (apt-get install -t ${releases[0]} $(printf '%s\n' "${related[@]}" | sort -u | tr '\n' ' ' | sed 's/ $//')) and run this again."
+	else
+		hint="$hint Decide yourself: remove ${kept[*]:-what conflicts} if this machine can do without it, or install versions of $* that fit it; then run this again."
+	fi
+	printf '%s' "$hint"
+}
+
 OD_APT_UPDATED=0
 od_apt_update_once() {
 	[ "$OD_APT_UPDATED" = 1 ] && return 0
@@ -158,8 +196,10 @@ od_apt_install() {
 
 	od_apt_update_once
 	local plan
-	plan=$(LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -s -y --no-install-recommends install "${missing[@]}" 2>&1) ||
-		od_die "apt cannot install ${missing[*]}: $(printf '%s\n' "$plan" | grep -E '^(E:| )' | head -n 12 | tr '\n' ' ')(nothing was changed; on Ubuntu, enable the universe component)"
+	if ! plan=$(LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -s -y --no-install-recommends install "${missing[@]}" 2>&1); then
+		printf '%s\n' "$plan" | grep -E '^(E:| )' | head -n 20 | sed 's/^/    /' >&2
+		od_die "apt cannot install ${missing[*]} as this machine is (see above). Nothing was changed.$(od_apt_hint "$plan" "${missing[@]}") A package apt does not know: on Ubuntu, enable the universe component."
+	fi
 
 	# Simulation lines: "Remv NAME [OLD]", "Inst NAME [OLD] (NEW RELEASE [ARCH])",
 	# "Inst NAME (NEW RELEASE [ARCH])".
@@ -193,7 +233,7 @@ od_apt_install() {
 		local what=""
 		[ "${#removals[@]}" -eq 0 ] || what="remove $(printf '%s, ' "${removals[@]}")"
 		[ "${#downgrades[@]}" -eq 0 ] || what="${what}downgrade $(printf '%s, ' "${downgrades[@]}")"
-		od_die "installing ${missing[*]} would ${what%, }. Nothing was changed. Install versions of ${missing[*]} that fit what this machine has (for packages from a backports or other release: apt-get install -t RELEASE ${missing[*]}), or install them yourself, then run this again."
+		od_die "installing ${missing[*]} would ${what%, }. Nothing was changed.$(od_apt_hint "$plan" "${missing[@]}")"
 	fi
 	if [ "${#too_old[@]}" -gt 0 ]; then
 		od_die "$(printf '%s; ' "${too_old[@]}")install a newer version (e.g. from your distribution's backports) and run this again. Nothing was changed."
