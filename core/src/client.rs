@@ -7,16 +7,19 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::generated::csi::controller_client::ControllerClient;
+use crate::generated::csi::group_controller_client::GroupControllerClient;
 use crate::generated::csi::identity_client::IdentityClient;
 use crate::generated::csi::node_client::NodeClient;
 
-/// Clients for the three CSI services on one connection.
+/// Clients for the CSI services on one connection.
 #[derive(Clone)]
 pub struct CsiClient {
     /// Identity service.
     pub identity: IdentityClient<Channel>,
     /// Controller service.
     pub controller: ControllerClient<Channel>,
+    /// GroupController service (volume group snapshots).
+    pub group: GroupControllerClient<Channel>,
     /// Node service.
     pub node: NodeClient<Channel>,
 }
@@ -35,6 +38,7 @@ pub async fn connect(path: &Path) -> Result<CsiClient, tonic::transport::Error> 
     Ok(CsiClient {
         identity: IdentityClient::new(channel.clone()),
         controller: ControllerClient::new(channel.clone()),
+        group: GroupControllerClient::new(channel.clone()),
         node: NodeClient::new(channel),
     })
 }

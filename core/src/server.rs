@@ -11,9 +11,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::Driver;
 use crate::csi::controller::ControllerService;
+use crate::csi::group_controller::GroupControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
 use crate::generated::csi::controller_server::ControllerServer;
+use crate::generated::csi::group_controller_server::GroupControllerServer;
 use crate::generated::csi::identity_server::IdentityServer;
 use crate::generated::csi::node_server::NodeServer;
 
@@ -71,8 +73,8 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves Identity, Controller and (in node/all mode) Node on `listener`
-/// until `shutdown` completes.
+/// Serves Identity, Controller, GroupController and (in node/all mode)
+/// Node on `listener` until `shutdown` completes.
 pub async fn serve(
     driver: Arc<Driver>,
     listener: UnixListener,
@@ -85,6 +87,9 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(driver.clone())))
         .add_service(ControllerServer::new(ControllerService::new(
+            driver.clone(),
+        )))
+        .add_service(GroupControllerServer::new(GroupControllerService::new(
             driver.clone(),
         )))
         .add_optional_service(node)

@@ -66,7 +66,9 @@ async fn identity_reports_name_readiness_and_capabilities() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(caps.capabilities.len(), 3, "{caps:?}");
+    // Controller, topology, group controller (the fakes take group
+    // snapshots) and online expansion.
+    assert_eq!(caps.capabilities.len(), 4, "{caps:?}");
     let ctrl = c
         .controller
         .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
@@ -993,5 +995,210 @@ async fn metrics_are_scraped_after_a_life_cycle() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn group_snapshots_span_one_instance_and_restore_like_snapshots() {
+    use csi::group_controller_service_capability::{Type as G, rpc::Type as GroupRpc};
+    use csi::plugin_capability::{Type as P, service::Type as S};
+    let h = start(Mode::Controller, &two_instances()).await;
+    let mut c = h.client.controller.clone();
+    let mut g = h.client.group.clone();
+
+    let caps = h
+        .client
+        .identity
+        .clone()
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        caps.capabilities.iter().any(|c| matches!(
+            &c.r#type,
+            Some(P::Service(s)) if s.r#type == S::GroupControllerService as i32
+        )),
+        "{caps:?}"
+    );
+    let gcaps = g
+        .group_controller_get_capabilities(csi::GroupControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        gcaps.capabilities.first().and_then(|c| c.r#type.as_ref()),
+        Some(G::Rpc(r)) if r.r#type == GroupRpc::CreateDeleteGetVolumeGroupSnapshot as i32
+    ));
+
+    let mut ids = Vec::new();
+    for (name, ty) in [("g-a", "alpha"), ("g-b", "alpha"), ("g-c", "beta")] {
+        let v = c
+            .create_volume(create_req(name, GIB, &[("type", ty)]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        ids.push(v.volume_id);
+    }
+    let req = |name: &str, sources: &[&String]| csi::CreateVolumeGroupSnapshotRequest {
+        name: name.into(),
+        source_volume_ids: sources.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+
+    // Table of refused requests: (request, code, text in the message).
+    let refused = [
+        (req("", &[&ids[0]]), Code::InvalidArgument, "name"),
+        (req("grp", &[]), Code::InvalidArgument, "source_volume_ids"),
+        (
+            req("grp", &[&ids[0], &ids[0]]),
+            Code::InvalidArgument,
+            "twice",
+        ),
+        (
+            req("grp", &[&ids[0], &ids[2]]),
+            Code::InvalidArgument,
+            "one provider instance",
+        ),
+        (
+            req("grp", &[&"v1.alpha.vol-404".to_string()]),
+            Code::NotFound,
+            "vol-404",
+        ),
+        (
+            req("grp", &[&"not-ours".to_string()]),
+            Code::NotFound,
+            "not-ours",
+        ),
+    ];
+    for (r, code, text) in refused {
+        let err = g.create_volume_group_snapshot(r.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{r:?}: {err:?}");
+        assert!(err.message().contains(text), "{r:?}: {}", err.message());
+    }
+
+    let group = g
+        .create_volume_group_snapshot(req("grp", &[&ids[0], &ids[1]]))
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert!(
+        group.group_snapshot_id.starts_with("v1.alpha."),
+        "{group:?}"
+    );
+    assert_eq!(group.snapshots.len(), 2);
+    assert!(group.ready_to_use);
+    for snap in &group.snapshots {
+        assert_eq!(snap.group_snapshot_id, group.group_snapshot_id);
+        assert!(snap.snapshot_id.starts_with("v1.alpha."));
+    }
+    let again = g
+        .create_volume_group_snapshot(req("grp", &[&ids[1], &ids[0]]))
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert_eq!(again.group_snapshot_id, group.group_snapshot_id);
+    let err = g
+        .create_volume_group_snapshot(req("grp", &[&ids[0]]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    let member_ids: Vec<String> = group
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    let got = g
+        .get_volume_group_snapshot(csi::GetVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id.clone(),
+            snapshot_ids: member_ids.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert_eq!(got.group_snapshot_id, group.group_snapshot_id);
+
+    // A member is an ordinary snapshot: it names its group and restores.
+    let member = c
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: member_ids[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(member.group_snapshot_id, group.group_snapshot_id);
+    let mut restore = create_req("from-member", GIB, &[("type", "alpha")]);
+    restore.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: member_ids[0].clone(),
+            },
+        )),
+    });
+    c.create_volume(restore).await.unwrap();
+
+    // Members of another instance are refused before anything is deleted.
+    let err = g
+        .delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id.clone(),
+            snapshot_ids: vec!["v1.beta.snap-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    for _ in 0..2 {
+        g.delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id.clone(),
+            snapshot_ids: member_ids.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let err = c
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: member_ids[1].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = g
+        .get_volume_group_snapshot(csi::GetVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Unknown groups delete as success; groups of unconfigured instances do not.
+    g.delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+        group_snapshot_id: "not-ours".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = g
+        .delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: "v1.gamma.group-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
     h.stop().await;
 }

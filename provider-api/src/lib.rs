@@ -9,6 +9,7 @@
 //!
 //! It deliberately knows nothing of tonic, the CSI protobuf or any cloud SDK.
 
+pub mod access;
 pub mod error;
 #[cfg(feature = "ffi")]
 pub mod ffi;

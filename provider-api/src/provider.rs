@@ -86,6 +86,28 @@ pub trait Provider: Send + Sync + 'static {
         Err(unsupported("snapshots"))
     }
 
+    /// Snapshots several volumes of this instance at one point in time
+    /// (crash-consistent), idempotent by `req.name`: the same name with
+    /// other source volumes is `AlreadyExists`. Only called when
+    /// `ProviderInfo::group_snapshots` is set.
+    async fn create_group_snapshot(
+        &self,
+        _req: CreateGroupSnapshotRequest,
+    ) -> Result<GroupSnapshot> {
+        Err(unsupported("group snapshots"))
+    }
+
+    /// Deletes a group snapshot and the member snapshots named in
+    /// `req.snapshot_ids`. A group that does not exist is success.
+    async fn delete_group_snapshot(&self, _req: GroupSnapshotRef) -> Result<()> {
+        Err(unsupported("group snapshots"))
+    }
+
+    /// Describes one group snapshot (`NotFound` when absent).
+    async fn get_group_snapshot(&self, _req: GroupSnapshotRef) -> Result<GroupSnapshot> {
+        Err(unsupported("group snapshots"))
+    }
+
     /// Free capacity for new volumes with the given parameters and topology.
     async fn get_capacity(&self, _req: CapacityRequest) -> Result<CapacityResponse> {
         Err(unsupported("capacity reporting"))

@@ -7,8 +7,10 @@
 //! call fail to exercise the core's in-flight guard and error mapping.
 //!
 //! StorageClass parameters it accepts: `device` (the block device
-//! `find_device` returns, so node tests can use loop devices) and `fail`
-//! (a kind name; creation fails with that kind).
+//! `find_device` returns, so node tests can use loop devices), `fail`
+//! (a kind name; creation fails with that kind) and `multiAttach` (the
+//! volume may be attached to several nodes). Its one mutable parameter is
+//! `tier`, checked at creation as at modification.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::access::check_multi_node;
 use crate::error::{ErrorKind, ProviderError, Result};
 use crate::params::{Params, parse_settings};
 use crate::provider::{Provider, ProviderFactory};
@@ -74,7 +77,18 @@ struct State {
     next_id: u64,
     volumes: BTreeMap<String, FakeVolume>,
     snapshots: BTreeMap<String, (String, Snapshot)>,
+    /// Group snapshots: id -> (name, group).
+    groups: BTreeMap<String, (String, GroupSnapshot)>,
     fail_next: Option<ErrorKind>,
+}
+
+/// Parses the fake's mutable parameters (the same rules at creation and at
+/// modification): only `tier`.
+fn parse_mutable(map: &BTreeMap<String, String>) -> Result<Option<String>> {
+    let mut params = Params::new("fake mutable parameter", map);
+    let tier = params.take("tier");
+    params.finish()?;
+    Ok(tier)
 }
 
 /// The fake provider. Cloneable handles share one state.
@@ -211,7 +225,11 @@ impl Provider for FakeProvider {
                 AccessMode::SingleNodeReaderOnly as i32,
                 AccessMode::SingleNodeSingleWriter as i32,
                 AccessMode::SingleNodeMultiWriter as i32,
+                AccessMode::MultiNodeReaderOnly as i32,
+                AccessMode::MultiNodeSingleWriter as i32,
+                AccessMode::MultiNodeMultiWriter as i32,
             ],
+            group_snapshots: true,
         }
     }
 
@@ -219,6 +237,7 @@ impl Provider for FakeProvider {
         self.enter().await?;
         let mut params = Params::new("fake parameter", &req.parameters);
         let device = params.take("device");
+        let multi_attach = params.take_bool("multiAttach")?.unwrap_or(false);
         if let Some(kind) = params.take("fail") {
             let kind = ErrorKind::ALL
                 .into_iter()
@@ -227,6 +246,8 @@ impl Provider for FakeProvider {
             return Err(ProviderError::new(kind, "failure requested by parameter"));
         }
         params.finish()?;
+        let tier = parse_mutable(&req.mutable_parameters)?;
+        check_multi_node(&req.capabilities, multi_attach)?;
         if req.name.is_empty() {
             return Err(ProviderError::invalid_argument("name is empty"));
         }
@@ -286,12 +307,16 @@ impl Provider for FakeProvider {
         if let Some(device) = device {
             context.insert("device".to_owned(), device);
         }
+        if let Some(tier) = tier {
+            context.insert("tier".to_owned(), tier);
+        }
         let volume = Volume {
             id: id.clone(),
             capacity_bytes: size,
             accessible_topology: vec![topo],
             context,
             source,
+            multi_attach,
         };
         state.volumes.insert(
             id,
@@ -381,10 +406,7 @@ impl Provider for FakeProvider {
         let v = state.volumes.get_mut(&req.volume_id).ok_or_else(|| {
             ProviderError::not_found(format!("volume {} not found", req.volume_id))
         })?;
-        let mut params = Params::new("fake mutable parameter", &req.mutable_parameters);
-        let tier = params.take("tier");
-        params.finish()?;
-        if let Some(tier) = tier {
+        if let Some(tier) = parse_mutable(&req.mutable_parameters)? {
             v.volume.context.insert("tier".into(), tier);
         }
         Ok(())
@@ -396,7 +418,7 @@ impl Provider for FakeProvider {
         let v = state.volumes.get_mut(&req.volume_id).ok_or_else(|| {
             ProviderError::not_found(format!("volume {} not found", req.volume_id))
         })?;
-        if !v.attached.is_empty() && !v.attached.contains(&req.node_id) {
+        if !v.volume.multi_attach && !v.attached.is_empty() && !v.attached.contains(&req.node_id) {
             return Err(ProviderError::failed_precondition(format!(
                 "volume {} is attached to another node",
                 req.volume_id
@@ -449,9 +471,99 @@ impl Provider for FakeProvider {
             creation_time_seconds: 1_700_000_000 + state.next_id as i64,
             creation_time_nanos: 0,
             ready_to_use: true,
+            group_snapshot_id: String::new(),
         };
         state.snapshots.insert(id, (req.name, snap.clone()));
         Ok(snap)
+    }
+
+    async fn create_group_snapshot(
+        &self,
+        req: CreateGroupSnapshotRequest,
+    ) -> Result<GroupSnapshot> {
+        self.enter().await?;
+        let mut state = self.lock();
+        let mut sources = req.source_volume_ids.clone();
+        sources.sort();
+        if let Some((_, group)) = state.groups.values().find(|(n, _)| *n == req.name) {
+            let mut members: Vec<String> = group
+                .snapshots
+                .iter()
+                .map(|s| s.source_volume_id.clone())
+                .collect();
+            members.sort();
+            if members != sources {
+                return Err(ProviderError::already_exists(format!(
+                    "group snapshot {} exists for other volumes",
+                    req.name
+                )));
+            }
+            return Ok(group.clone());
+        }
+        if let Some(missing) = sources.iter().find(|v| !state.volumes.contains_key(*v)) {
+            return Err(ProviderError::not_found(format!(
+                "volume {missing} not found"
+            )));
+        }
+        state.next_id += 1;
+        let group_id = format!("group-{:04}", state.next_id);
+        let created = 1_700_000_000 + state.next_id as i64;
+        let mut snapshots = Vec::new();
+        for volume_id in &req.source_volume_ids {
+            state.next_id += 1;
+            let id = format!("snap-{:04}", state.next_id);
+            let size = state.volumes[volume_id].volume.capacity_bytes;
+            let snap = Snapshot {
+                id: id.clone(),
+                source_volume_id: volume_id.clone(),
+                size_bytes: size,
+                creation_time_seconds: created,
+                creation_time_nanos: 0,
+                ready_to_use: true,
+                group_snapshot_id: group_id.clone(),
+            };
+            state
+                .snapshots
+                .insert(id, (format!("{}/{volume_id}", req.name), snap.clone()));
+            snapshots.push(snap);
+        }
+        let group = GroupSnapshot {
+            id: group_id.clone(),
+            snapshots,
+            creation_time_seconds: created,
+            creation_time_nanos: 0,
+            ready_to_use: true,
+        };
+        state.groups.insert(group_id, (req.name, group.clone()));
+        Ok(group)
+    }
+
+    async fn delete_group_snapshot(&self, req: GroupSnapshotRef) -> Result<()> {
+        self.enter().await?;
+        let mut state = self.lock();
+        for id in &req.snapshot_ids {
+            state.snapshots.remove(id);
+        }
+        if let Some((_, group)) = state.groups.remove(&req.group_snapshot_id) {
+            for member in group.snapshots {
+                state.snapshots.remove(&member.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_group_snapshot(&self, req: GroupSnapshotRef) -> Result<GroupSnapshot> {
+        self.enter().await?;
+        self.lock()
+            .groups
+            .get(&req.group_snapshot_id)
+            .map(|(_, g)| g.clone())
+            .ok_or_else(|| {
+                ProviderError::not_found(format!(
+                    "group snapshot {} not found",
+                    req.group_snapshot_id
+                ))
+            })
     }
 
     async fn delete_snapshot(&self, req: SnapshotRef) -> Result<()> {

@@ -101,7 +101,38 @@ pub fn snapshot_out(instance: &str, s: &p::Snapshot) -> CoreResult<csi::Snapshot
             nanos: s.creation_time_nanos,
         }),
         ready_to_use: s.ready_to_use,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: if s.group_snapshot_id.is_empty() {
+            String::new()
+        } else {
+            scoped(instance, &s.group_snapshot_id)?.to_string()
+        },
+    })
+}
+
+/// Wraps a provider's group snapshot into a CSI group snapshot owned by
+/// `instance`; its members carry the group's CSI ID.
+pub fn group_snapshot_out(
+    instance: &str,
+    g: &p::GroupSnapshot,
+) -> CoreResult<csi::VolumeGroupSnapshot> {
+    let id = scoped(instance, &g.id)?.to_string();
+    let snapshots = g
+        .snapshots
+        .iter()
+        .map(|member| {
+            let mut snap = snapshot_out(instance, member)?;
+            snap.group_snapshot_id = id.clone();
+            Ok(snap)
+        })
+        .collect::<CoreResult<Vec<_>>>()?;
+    Ok(csi::VolumeGroupSnapshot {
+        group_snapshot_id: id,
+        snapshots,
+        creation_time: Some(prost_types::Timestamp {
+            seconds: g.creation_time_seconds,
+            nanos: g.creation_time_nanos,
+        }),
+        ready_to_use: g.ready_to_use,
     })
 }
 
@@ -128,6 +159,7 @@ mod tests {
             accessible_topology: vec![p::Topology::from_pairs([("k", "v")])],
             context: BTreeMap::from([("a".to_string(), "1".to_string())]),
             source: Some(p::volume::Source::SourceSnapshotId("snap-1".into())),
+            multi_attach: false,
         };
         let extra = BTreeMap::from([("fsType".to_string(), "xfs".to_string())]);
         let out = volume_out("lvm", &v, &extra).unwrap();

@@ -62,6 +62,9 @@ impl Identity for IdentityService {
             service(service::Type::ControllerService),
             service(service::Type::VolumeAccessibilityConstraints),
         ];
+        if crate::csi::group_controller::serves_group_snapshots(&self.driver) {
+            capabilities.push(service(service::Type::GroupControllerService));
+        }
         if self.driver.registry.iter().any(|i| i.info.expand) {
             capabilities.push(PluginCapability {
                 r#type: Some(Type::VolumeExpansion(VolumeExpansion {

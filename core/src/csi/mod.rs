@@ -2,6 +2,7 @@
 
 pub mod controller;
 pub mod convert;
+pub mod group_controller;
 pub mod identity;
 pub mod node;
 pub mod validate;
@@ -100,6 +101,9 @@ redact_secrets!(
     csi::GetSnapshotRequest,
     csi::ControllerExpandVolumeRequest,
     csi::ControllerModifyVolumeRequest,
+    csi::CreateVolumeGroupSnapshotRequest,
+    csi::DeleteVolumeGroupSnapshotRequest,
+    csi::GetVolumeGroupSnapshotRequest,
     csi::NodeStageVolumeRequest,
     csi::NodePublishVolumeRequest,
     csi::NodeExpandVolumeRequest,

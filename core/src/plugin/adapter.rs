@@ -417,6 +417,23 @@ impl Provider for DylibProvider {
         self.invoke(Method::ListSnapshots, &req).await
     }
 
+    async fn create_group_snapshot(
+        &self,
+        req: CreateGroupSnapshotRequest,
+    ) -> Result<GroupSnapshot> {
+        self.invoke(Method::CreateGroupSnapshot, &req).await
+    }
+
+    async fn delete_group_snapshot(&self, req: GroupSnapshotRef) -> Result<()> {
+        self.invoke::<_, Empty>(Method::DeleteGroupSnapshot, &req)
+            .await
+            .map(drop)
+    }
+
+    async fn get_group_snapshot(&self, req: GroupSnapshotRef) -> Result<GroupSnapshot> {
+        self.invoke(Method::GetGroupSnapshot, &req).await
+    }
+
     async fn get_capacity(&self, req: CapacityRequest) -> Result<CapacityResponse> {
         self.invoke(Method::GetCapacity, &req).await
     }

@@ -270,6 +270,7 @@ impl FileProvider {
             creation_time_seconds: i64::try_from(created.as_secs()).unwrap_or(i64::MAX),
             creation_time_nanos: i32::try_from(created.subsec_nanos()).unwrap_or(0),
             ready_to_use: true,
+            ..Default::default()
         })
     }
 }

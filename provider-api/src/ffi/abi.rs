@@ -22,7 +22,7 @@ use std::mem::{MaybeUninit, offset_of, size_of};
 /// older peer cannot survive; the entry symbol's name changes with it.
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI minor version: bumped when a table grows or a method is added.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// Unversioned symbol (`extern "C" fn() -> AbiVersion`) every dylib exports,
 /// whatever its major, so a host can name both versions in a mismatch.
@@ -194,11 +194,18 @@ pub enum Method {
     FindDevice = 16,
     /// `volume_condition`: `VolumeRef` -> `VolumeCondition`.
     VolumeCondition = 17,
+    /// `create_group_snapshot` (since 1.2): `CreateGroupSnapshotRequest` ->
+    /// `GroupSnapshot`.
+    CreateGroupSnapshot = 18,
+    /// `delete_group_snapshot` (since 1.2): `GroupSnapshotRef` -> `Empty`.
+    DeleteGroupSnapshot = 19,
+    /// `get_group_snapshot` (since 1.2): `GroupSnapshotRef` -> `GroupSnapshot`.
+    GetGroupSnapshot = 20,
 }
 
 impl Method {
     /// Every method, in number order.
-    pub const ALL: [Method; 17] = [
+    pub const ALL: [Method; 20] = [
         Method::Info,
         Method::CreateVolume,
         Method::DeleteVolume,
@@ -216,6 +223,9 @@ impl Method {
         Method::NodeInfo,
         Method::FindDevice,
         Method::VolumeCondition,
+        Method::CreateGroupSnapshot,
+        Method::DeleteGroupSnapshot,
+        Method::GetGroupSnapshot,
     ];
 
     /// The method for a number; `None` for a method this build lacks.
@@ -243,6 +253,9 @@ impl Method {
             Method::NodeInfo => "node_info",
             Method::FindDevice => "find_device",
             Method::VolumeCondition => "volume_condition",
+            Method::CreateGroupSnapshot => "create_group_snapshot",
+            Method::DeleteGroupSnapshot => "delete_group_snapshot",
+            Method::GetGroupSnapshot => "get_group_snapshot",
         }
     }
 }
@@ -421,7 +434,7 @@ mod tests {
             assert_eq!(Method::from_u32(method as u32), Some(method));
         }
         assert_eq!(Method::from_u32(0), None);
-        assert_eq!(Method::from_u32(18), None);
+        assert_eq!(Method::from_u32(21), None);
         for status in Status::ALL {
             assert_eq!(Status::from_u32(status as u32), Some(status));
         }

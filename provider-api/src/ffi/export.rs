@@ -535,6 +535,13 @@ impl Instance {
             Method::NodeInfo => self.wrap(method, request, |_: Empty| p.node_info()),
             Method::FindDevice => self.wrap(method, request, |r| p.find_device(r)),
             Method::VolumeCondition => self.wrap(method, request, |r| p.volume_condition(r)),
+            Method::CreateGroupSnapshot => {
+                self.wrap(method, request, |r| p.create_group_snapshot(r))
+            }
+            Method::DeleteGroupSnapshot => self.wrap(method, request, |r| async move {
+                p.delete_group_snapshot(r).await.map(|()| Empty {})
+            }),
+            Method::GetGroupSnapshot => self.wrap(method, request, |r| p.get_group_snapshot(r)),
         }
     }
 }

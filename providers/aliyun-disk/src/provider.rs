@@ -257,6 +257,7 @@ impl AliyunDiskProvider {
             context,
             source: (!disk.source_snapshot_id.is_empty())
                 .then(|| volume::Source::SourceSnapshotId(disk.source_snapshot_id.clone())),
+            multi_attach: false,
         }
     }
 
@@ -435,6 +436,7 @@ impl AliyunDiskProvider {
             creation_time_seconds: s.creation_seconds(),
             creation_time_nanos: 0,
             ready_to_use: s.status == "accomplished",
+            group_snapshot_id: String::new(),
         }
     }
 
@@ -687,6 +689,7 @@ impl Provider for AliyunDiskProvider {
                 AccessMode::SingleNodeSingleWriter as i32,
                 AccessMode::SingleNodeMultiWriter as i32,
             ],
+            group_snapshots: false,
         }
     }
 

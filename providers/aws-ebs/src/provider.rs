@@ -249,6 +249,7 @@ impl EbsProvider {
                 .snapshot_id
                 .clone()
                 .map(volume::Source::SourceSnapshotId),
+            multi_attach: false,
         }
     }
 
@@ -280,6 +281,7 @@ impl EbsProvider {
             creation_time_seconds: snap.start_seconds,
             creation_time_nanos: snap.start_nanos,
             ready_to_use: snap.state == SnapState::Completed,
+            group_snapshot_id: String::new(),
         }
     }
 
@@ -702,6 +704,7 @@ impl Provider for EbsProvider {
                 AccessMode::SingleNodeSingleWriter as i32,
                 AccessMode::SingleNodeMultiWriter as i32,
             ],
+            group_snapshots: false,
         }
     }
 

@@ -205,6 +205,7 @@ impl LvmProvider {
             accessible_topology: vec![self.topology()],
             context: Default::default(),
             source,
+            multi_attach: false,
         }
     }
 
@@ -242,6 +243,7 @@ impl LvmProvider {
             creation_time_seconds: seconds,
             creation_time_nanos: nanos,
             ready_to_use: true,
+            group_snapshot_id: String::new(),
         }
     }
 
@@ -535,6 +537,7 @@ impl Provider for LvmProvider {
             ephemeral: true,
             published_nodes: false,
             access_modes: ACCESS_MODES.iter().map(|m| *m as i32).collect(),
+            group_snapshots: false,
         }
     }
 
