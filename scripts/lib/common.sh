@@ -38,12 +38,13 @@ od_version_ge() {
 # od_home_of USER: the user's home directory.
 od_home_of() { getent passwd "$1" | cut -d: -f6; }
 
-# od_use_toolchain_of HOME: put a rustup installation under HOME on PATH.
+# od_use_toolchain_of HOME: put the rustup installation under HOME on PATH
+# (CARGO_HOME and RUSTUP_HOME, when set, win over HOME's defaults).
 od_use_toolchain_of() {
-	PATH=$1/.cargo/bin:$PATH
-	export PATH
 	export CARGO_HOME=${CARGO_HOME:-$1/.cargo}
 	export RUSTUP_HOME=${RUSTUP_HOME:-$1/.rustup}
+	PATH=$CARGO_HOME/bin:$PATH
+	export PATH
 }
 
 # od_rust_env: make `cargo` runnable and at least the workspace's
@@ -66,7 +67,7 @@ od_rust_env() {
 	local want have
 	want=$(od_rust_minimum)
 	have=$(cd "$OD_REPO" && rustc --version 2>/dev/null | awk '{ print $2 }') ||
-		od_die "cargo is on PATH but rustc does not run ($(command -v cargo)); with rustup: rustup default stable"
+		od_die "cargo is on PATH ($(command -v cargo)) but rustc does not run: with rustup, check RUSTUP_HOME (${RUSTUP_HOME:-unset, so ~/.rustup}) and that a default toolchain is set (rustup default stable)"
 	[ -n "$have" ] || od_die "cannot tell the Rust version: 'rustc --version' printed nothing (with rustup: rustup default stable)"
 	if [ -n "$want" ] && ! od_version_ge "${have%%-*}" "$want"; then
 		od_die "Rust $have is too old: the workspace needs $want or newer (rustup update stable)"
