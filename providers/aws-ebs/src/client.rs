@@ -395,6 +395,8 @@ pub trait Ec2Api: Send + Sync + 'static {
     async fn modify_disk(&self, id: &VolumeId, input: ModifyDiskInput) -> ClientResult<()>;
     /// DescribeVolumesModifications.
     async fn describe_modifications(&self, ids: &[VolumeId]) -> ClientResult<Vec<Modification>>;
+    /// CreateTags on one volume (adds or overwrites the given tags).
+    async fn tag_disk(&self, id: &VolumeId, tags: BTreeMap<String, String>) -> ClientResult<()>;
     /// DescribeInstances for one instance; `None` when it does not exist.
     async fn describe_instance(&self, id: &InstanceId) -> ClientResult<Option<Instance>>;
     /// CreateSnapshot.
@@ -961,6 +963,19 @@ impl Ec2Api for SdkEc2 {
             out.start_time(),
             out.tags(),
         )
+    }
+
+    async fn tag_disk(&self, id: &VolumeId, tags: BTreeMap<String, String>) -> ClientResult<()> {
+        const OP: &str = "CreateTags";
+        self.calls.record(OP);
+        self.client
+            .create_tags()
+            .resources(id.as_str())
+            .set_tags(Some(sdk_tags(&tags)))
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, self.timeout(), e))?;
+        Ok(())
     }
 
     async fn delete_snapshot(&self, id: &SnapshotId) -> ClientResult<()> {

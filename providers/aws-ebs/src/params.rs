@@ -294,28 +294,12 @@ impl VolumeParams {
             },
             (None, None) => IopsRequest::Default,
         };
-        let limits = volume_type.limits();
-        if iops != IopsRequest::Default && limits.iops.is_none() {
-            return Err(ProviderError::invalid_argument(format!(
-                "volume type {volume_type} does not take provisioned IOPS"
-            )));
-        }
-        if volume_type.requires_iops() && iops == IopsRequest::Default {
-            return Err(ProviderError::invalid_argument(format!(
-                "volume type {volume_type} needs `iops` or `iopsPerGB`"
-            )));
-        }
-        if throughput.is_some() && limits.throughput.is_none() {
-            return Err(ProviderError::invalid_argument(format!(
-                "volume type {volume_type} does not take `throughput`"
-            )));
-        }
         if encrypted == Some(false) && kms_key_id.is_some() {
             return Err(ProviderError::invalid_argument(
                 "`kmsKeyId` needs `encrypted` to be true",
             ));
         }
-        Ok(Self {
+        let params = Self {
             volume_type,
             iops,
             throughput,
@@ -323,6 +307,55 @@ impl VolumeParams {
             kms_key_id,
             tags,
             initialization_rate,
+        };
+        params.check_type()?;
+        Ok(params)
+    }
+
+    /// Checks that IOPS and throughput fit the volume type.
+    fn check_type(&self) -> Result<()> {
+        let volume_type = self.volume_type;
+        let limits = volume_type.limits();
+        if self.iops != IopsRequest::Default && limits.iops.is_none() {
+            return Err(ProviderError::invalid_argument(format!(
+                "volume type {volume_type} does not take provisioned IOPS"
+            )));
+        }
+        if volume_type.requires_iops() && self.iops == IopsRequest::Default {
+            return Err(ProviderError::invalid_argument(format!(
+                "volume type {volume_type} needs `iops` or `iopsPerGB`"
+            )));
+        }
+        if self.throughput.is_some() && limits.throughput.is_none() {
+            return Err(ProviderError::invalid_argument(format!(
+                "volume type {volume_type} does not take `throughput`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the mutable parameters of a CreateVolume request (the
+    /// VolumeAttributesClass the claim names): they win over the
+    /// StorageClass values, and the result is checked as a whole, so that
+    /// a volume is created only with parameters ControllerModifyVolume
+    /// would also accept.
+    pub fn apply_mutable(&mut self, m: &ModifyParams) -> Result<()> {
+        if let Some(t) = m.volume_type {
+            self.volume_type = t;
+        }
+        if let Some(n) = m.iops {
+            self.iops = IopsRequest::Fixed(n);
+        }
+        if let Some(t) = m.throughput {
+            self.throughput = Some(t);
+        }
+        self.tags
+            .extend(m.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.check_type().map_err(|e| {
+            ProviderError::invalid_argument(format!(
+                "the StorageClass and mutable parameters together are not valid: {}",
+                e.message()
+            ))
         })
     }
 
@@ -437,9 +470,30 @@ pub fn client_token(name: &str, attempt: u32) -> String {
     hex::encode(Sha256::digest(input.as_bytes()))
 }
 
-/// `bytes` rounded up to whole GiB (`bytes` must not be negative).
-pub fn ceil_gib(bytes: i64) -> i64 {
-    bytes / GIB + i64::from(bytes % GIB != 0)
+/// The largest EBS volume of any type, GiB (io2).
+pub const LARGEST_GIB: i64 = 65_536;
+
+/// `bytes` rounded up to whole GiB, with checked arithmetic: negative
+/// sizes are `InvalidArgument`, and nothing near `i64::MAX` wraps.
+pub fn ceil_gib(bytes: i64) -> Result<i64> {
+    if bytes < 0 {
+        return Err(ProviderError::invalid_argument(
+            "sizes must not be negative",
+        ));
+    }
+    let whole = bytes.checked_div(GIB);
+    let partial = bytes.checked_rem(GIB).map(|r| i64::from(r != 0));
+    whole
+        .zip(partial)
+        .and_then(|(w, p)| w.checked_add(p))
+        .ok_or_else(|| ProviderError::out_of_range(format!("{bytes} bytes is not a size")))
+}
+
+/// `gib` in bytes, `OutOfRange` when that does not fit an `i64`.
+pub fn checked_gib_bytes(gib: i64) -> Result<i64> {
+    gib.checked_mul(GIB).ok_or_else(|| {
+        ProviderError::out_of_range(format!("{gib} GiB does not fit a 64-bit byte count"))
+    })
 }
 
 /// Whole GiB for a request: at least `required` (rounded up), at least the
@@ -452,16 +506,16 @@ pub fn size_gib(required_bytes: i64, limit_bytes: i64, volume_type: VolumeType) 
         ));
     }
     let limits = volume_type.limits();
-    let wanted = ceil_gib(required_bytes).max(limits.min_gib);
-    if limit_bytes > 0 && wanted.saturating_mul(GIB) > limit_bytes {
-        return Err(ProviderError::out_of_range(format!(
-            "a {volume_type} volume needs at least {wanted} GiB, more than the limit of {limit_bytes} bytes"
-        )));
-    }
+    let wanted = ceil_gib(required_bytes)?.max(limits.min_gib);
     if wanted > limits.max_gib {
         return Err(ProviderError::out_of_range(format!(
             "{wanted} GiB exceeds the {} GiB maximum of {volume_type}",
             limits.max_gib
+        )));
+    }
+    if limit_bytes > 0 && checked_gib_bytes(wanted)? > limit_bytes {
+        return Err(ProviderError::out_of_range(format!(
+            "a {volume_type} volume needs at least {wanted} GiB, more than the limit of {limit_bytes} bytes"
         )));
     }
     Ok(wanted)
@@ -476,26 +530,39 @@ pub struct ModifyParams {
     pub iops: Option<i32>,
     /// New throughput.
     pub throughput: Option<i32>,
+    /// Tags to add (`tagSpecification_N`).
+    pub tags: BTreeMap<String, String>,
 }
 
 impl ModifyParams {
-    /// Parses a mutable parameter map (`volumeType`, `iops`, `throughput`).
+    /// Parses a mutable parameter map (`volumeType`, `iops`, `throughput`,
+    /// `tagSpecification_N`), for ControllerModifyVolume and for the
+    /// mutable parameters of CreateVolume alike.
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
         let mut p = Params::new(WHAT_MUTABLE, map);
         let volume_type = p.take_parsed::<VolumeType>("volumeType")?;
         let iops = positive("iops", p.take_parsed::<i32>("iops")?)?;
         let throughput = positive("throughput", p.take_parsed::<i32>("throughput")?)?;
+        let mut tags = BTreeMap::new();
+        for (suffix, raw) in p.take_prefixed("tagSpecification_") {
+            let (k, v) = parse_tag(&format!("tagSpecification_{suffix}"), &raw)?;
+            tags.insert(k, v);
+        }
         p.finish()?;
         Ok(Self {
             volume_type,
             iops,
             throughput,
+            tags,
         })
     }
 
     /// True when nothing would change.
     pub fn is_empty(&self) -> bool {
-        self.volume_type.is_none() && self.iops.is_none() && self.throughput.is_none()
+        self.volume_type.is_none()
+            && self.iops.is_none()
+            && self.throughput.is_none()
+            && self.tags.is_empty()
     }
 
     /// Checks the result against the limits of the type it ends with.

@@ -7,8 +7,10 @@
 //! (or moto) does not honour tokens, and a same-name request with other
 //! parameters is `AlreadyExists`.
 //!
-//! Topology: one key, `topology.kubernetes.io/zone`, in node_info and in
-//! every volume's accessible topology, read from create requirements.
+//! Topology: `topology.kubernetes.io/zone` in node_info and in every
+//! volume's accessible topology; create requirements are read from
+//! `topology.ebs.csi.aws.com/zone`, then the well-known key, and only zones
+//! of the instance's region are chosen.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +32,8 @@ use crate::errors::provider_error;
 use crate::ids::{InstanceId, SnapshotId, VolumeId};
 use crate::imds::{self, NodeIdentity};
 use crate::params::{
-    ModifyParams, VolumeParams, ceil_gib, client_token, parse_tag, size_gib, spec_fingerprint,
+    LARGEST_GIB, ModifyParams, VolumeParams, ceil_gib, checked_gib_bytes, client_token, parse_tag,
+    size_gib, spec_fingerprint,
 };
 use crate::retry::Retrier;
 use crate::settings::Settings;
@@ -43,8 +46,10 @@ pub const SNAPSHOT_NAME_TAG: &str = "CSIVolumeSnapshotName";
 pub const SPEC_TAG: &str = "omnidisk.csi.dev/spec";
 /// Tag holding the cluster ID.
 pub const CLUSTER_TAG: &str = "omnidisk.csi.dev/cluster";
-/// The topology key of the zone.
+/// The topology key of the zone (the well-known label every node carries).
 pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+/// The EBS driver's own zone key, read first from create requirements.
+pub const EBS_ZONE_KEY: &str = "topology.ebs.csi.aws.com/zone";
 /// Publish context key of the device name given to AttachVolume.
 pub const DEVICE_PATH_KEY: &str = "devicePath";
 
@@ -285,31 +290,59 @@ impl EbsProvider {
         }
     }
 
-    /// The zone for a new volume: the first preferred topology with a zone,
-    /// then the first requisite one, then the configured default.
+    /// The region whose zones this instance may choose: `region`, else the
+    /// region of `default_zone` (`None` when neither is set).
+    fn region(&self) -> Option<String> {
+        self.settings.region.clone().or_else(|| {
+            self.settings
+                .default_zone
+                .as_deref()
+                .and_then(region_of_zone)
+        })
+    }
+
+    /// The zone for a new volume. Each topology segment set yields at most
+    /// one zone: its `topology.ebs.csi.aws.com/zone` value, else its
+    /// `topology.kubernetes.io/zone` value, each only when it is a zone of
+    /// this instance's region (another cloud's zones, e.g. Alibaba Cloud's
+    /// `cn-hangzhou-b`, are skipped). The first preferred zone that is also
+    /// requisite wins, then the first requisite one; requisite topologies
+    /// without any zone of this region are `ResourceExhausted`; no
+    /// requirements at all give `default_zone`.
     fn pick_zone(&self, req: &CreateVolumeRequest) -> Result<String> {
-        let from = |list: &[Topology]| list.iter().find_map(|t| t.segments.get(ZONE_KEY).cloned());
-        if let Some(zone) = from(&req.preferred) {
-            if req.requisite.is_empty()
-                || req
-                    .requisite
-                    .iter()
-                    .any(|t| t.segments.get(ZONE_KEY) == Some(&zone))
-            {
-                return Ok(zone);
-            }
+        let region = self.region();
+        let zone_of = |t: &Topology| zone_for_region(t, region.as_deref());
+        let requisite: Vec<String> = req.requisite.iter().filter_map(zone_of).collect();
+        if let Some(zone) = req
+            .preferred
+            .iter()
+            .filter_map(zone_of)
+            .find(|z| req.requisite.is_empty() || requisite.contains(z))
+        {
+            return Ok(zone);
         }
-        if let Some(zone) = from(&req.requisite) {
+        if let Some(zone) = requisite.into_iter().next() {
             return Ok(zone);
         }
         if !req.requisite.is_empty() {
-            return Err(ProviderError::invalid_argument(format!(
-                "the accessibility requirements name no {ZONE_KEY}"
+            let wanted: Vec<String> = req
+                .requisite
+                .iter()
+                .map(|t| {
+                    let pairs: Vec<String> =
+                        t.segments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("{{{}}}", pairs.join(", "))
+                })
+                .collect();
+            return Err(ProviderError::resource_exhausted(format!(
+                "no zone of region {} satisfies the accessibility requirement [{}] (zones are read from {EBS_ZONE_KEY}, then {ZONE_KEY})",
+                region.as_deref().unwrap_or("(unknown)"),
+                wanted.join(", ")
             )));
         }
         self.settings.default_zone.clone().ok_or_else(|| {
             ProviderError::invalid_argument(format!(
-                "no zone: the request has no {ZONE_KEY} topology and `default_zone` is not set"
+                "no zone: the request has no {EBS_ZONE_KEY} or {ZONE_KEY} topology of this region and `default_zone` is not set"
             ))
         })
     }
@@ -676,6 +709,36 @@ fn page_out<T>(
     Ok((rest, next.map(|t| format!("v1:0:{t}")).unwrap_or_default()))
 }
 
+/// The region of an EC2 zone name: the name without its trailing zone
+/// letter(s) (`us-east-1a` → `us-east-1`, `us-west-2-lax-1a` →
+/// `us-west-2-lax-1`).
+fn region_of_zone(zone: &str) -> Option<String> {
+    let region = zone.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    (region.len() < zone.len() && region.ends_with(|c: char| c.is_ascii_digit()))
+        .then(|| region.to_owned())
+}
+
+/// Whether `zone` names an EC2 zone of `region` (EC2 zone names start with
+/// the region's name and go on with a letter or a `-` for local zones).
+/// Without a known region, any name shaped like an EC2 zone passes.
+fn zone_in_region(zone: &str, region: Option<&str>) -> bool {
+    match region {
+        Some(region) => zone
+            .strip_prefix(region)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '-')),
+        None => region_of_zone(zone).is_some(),
+    }
+}
+
+/// The zone one topology segment set names for this region, if any.
+fn zone_for_region(t: &Topology, region: Option<&str>) -> Option<String> {
+    [EBS_ZONE_KEY, ZONE_KEY]
+        .iter()
+        .filter_map(|k| t.segments.get(*k))
+        .find(|z| zone_in_region(z, region))
+        .cloned()
+}
+
 fn ec2_max_results(max: i32) -> Option<i32> {
     // EC2 accepts 5..=500 for volumes and 5..=1000 for snapshots.
     (max > 0).then(|| max.clamp(5, 500))
@@ -726,7 +789,11 @@ impl Provider for EbsProvider {
             }
             None => None,
         };
-        let params = VolumeParams::parse(&req.parameters)?;
+        let mut params = VolumeParams::parse(&req.parameters)?;
+        // The claim's VolumeAttributesClass: the same keys and rules as
+        // ControllerModifyVolume, checked before anything is created.
+        let mutable = ModifyParams::parse(&req.mutable_parameters)?;
+        params.apply_mutable(&mutable)?;
         if params.initialization_rate.is_some() && snapshot.is_none() {
             return Err(ProviderError::invalid_argument(
                 "`volumeInitializationRate` applies only to volumes restored from a snapshot",
@@ -756,6 +823,9 @@ impl Provider for EbsProvider {
             }
         }
         let spec = params.resolve(size)?;
+        if !mutable.is_empty() {
+            mutable.check(spec.volume_type.as_str(), size)?;
+        }
         let fingerprint = spec_fingerprint(
             &spec,
             &zone,
@@ -942,8 +1012,13 @@ impl Provider for EbsProvider {
                 "sizes must not be negative",
             ));
         }
-        let target = ceil_gib(req.required_bytes);
-        if req.limit_bytes > 0 && gib_bytes(target) > req.limit_bytes {
+        let target = ceil_gib(req.required_bytes)?;
+        if target > LARGEST_GIB {
+            return Err(ProviderError::out_of_range(format!(
+                "{target} GiB exceeds the largest EBS volume ({LARGEST_GIB} GiB)"
+            )));
+        }
+        if req.limit_bytes > 0 && checked_gib_bytes(target)? > req.limit_bytes {
             return Err(ProviderError::out_of_range(format!(
                 "{target} GiB exceeds the limit of {} bytes",
                 req.limit_bytes
@@ -1015,6 +1090,15 @@ impl Provider for EbsProvider {
             .await?
             .ok_or_else(|| ProviderError::not_found(format!("volume {id} not found")))?;
         wanted.check(&disk.volume_type, disk.size_gib)?;
+        let deadline = self.deadline(self.settings.waits.modify_seconds);
+        if wanted.tags.iter().any(|(k, v)| disk.tags.get(k) != Some(v)) {
+            ctl.retrier
+                .run("CreateTags", deadline, || {
+                    ctl.api.tag_disk(&id, wanted.tags.clone())
+                })
+                .await
+                .map_err(|e| provider_error(format!("tagging volume {id}"), e))?;
+        }
         let already = wanted
             .volume_type
             .is_none_or(|t| t.as_str() == disk.volume_type)
@@ -1029,7 +1113,6 @@ impl Provider for EbsProvider {
             iops: wanted.iops,
             throughput: wanted.throughput,
         };
-        let deadline = self.deadline(self.settings.waits.modify_seconds);
         ctl.retrier
             .run("ModifyVolume", deadline, || {
                 ctl.api.modify_disk(&id, input.clone())

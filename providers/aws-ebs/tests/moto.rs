@@ -463,3 +463,107 @@ async fn node_provider() -> Arc<dyn Provider> {
     .await
     .expect("node provider")
 }
+
+async fn moto_provider(moto: &Moto) -> Arc<dyn Provider> {
+    (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
+        instance: "ebs".into(),
+        settings_toml: settings_toml(moto),
+        node_name: "node-1".into(),
+        mode: "controller".into(),
+    })
+    .await
+    .expect("provider")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_checks_mutable_parameters_zones_and_sizes_against_moto() {
+    let Some(moto) = start_moto("create_checks_mutable_parameters_zones_and_sizes_against_moto")
+    else {
+        return;
+    };
+    let ec2 = moto.client().await;
+    let provider = moto_provider(&moto).await;
+    let before = moto.inventory().await.expect("inventory");
+
+    // Refused before anything exists: unknown key, foreign zone, huge sizes.
+    let mut req = create("pvc-vac", 10, &[]);
+    req.mutable_parameters = params(&[("XXX_FakeKey", "x")]);
+    let err = provider.create_volume(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("XXX_FakeKey"), "{err}");
+    let mut req = create("pvc-foreign", 10, &[]);
+    req.requisite = vec![Topology::from_pairs([(ZONE_KEY, "cn-hangzhou-b")])];
+    req.preferred = req.requisite.clone();
+    let err = provider.create_volume(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+    assert!(err.message().contains("cn-hangzhou-b"), "{err}");
+    for required in [i64::MAX, i64::MAX - GIB + 1] {
+        let mut req = create("pvc-huge", 0, &[]);
+        req.required_bytes = required;
+        let err = provider.create_volume(req).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::OutOfRange, "{err}");
+    }
+    let added = moto
+        .added_since(&before)
+        .await
+        .expect("inventory after refusals");
+    assert!(added.is_empty(), "refused requests left {added:?}");
+
+    // Valid VolumeAttributesClass keys apply at creation; the EBS key
+    // wins over the well-known one, and a foreign first segment is skipped.
+    let mut req = create("pvc-vac", 10, &[("tagSpecification_1", "team=a")]);
+    req.mutable_parameters = params(&[
+        ("volumeType", "io2"),
+        ("iops", "500"),
+        ("tagSpecification_2", "tier=gold"),
+    ]);
+    let zone_b = format!("{}b", &ZONE[..ZONE.len() - 1]);
+    req.requisite = vec![
+        Topology::from_pairs([(ZONE_KEY, "cn-hangzhou-b")]),
+        Topology::from_pairs([
+            (ZONE_KEY, ZONE),
+            ("topology.ebs.csi.aws.com/zone", zone_b.as_str()),
+        ]),
+    ];
+    req.preferred = vec![req.requisite[0].clone()];
+    let vol = provider.create_volume(req).await.expect("create with VAC");
+    let d = describe(&ec2, &vol.id).await;
+    assert_eq!(d.volume_type().map(|t| t.as_str()), Some("io2"));
+    assert_eq!(d.iops(), Some(500));
+    assert_eq!(tag(&d, "tier"), Some("gold"));
+    assert_eq!(tag(&d, "team"), Some("a"));
+    assert_eq!(d.availability_zone(), Some(zone_b.as_str()));
+
+    // Expansion near i64::MAX is refused before EC2 is asked.
+    let err = provider
+        .expand_volume(ExpandVolumeRequest {
+            volume_id: vol.id.clone(),
+            required_bytes: i64::MAX,
+            ..ExpandVolumeRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange, "{err}");
+    assert_eq!(describe(&ec2, &vol.id).await.size(), Some(10));
+
+    // Tags from a VolumeAttributesClass change apply through CreateTags.
+    provider
+        .modify_volume(ModifyVolumeRequest {
+            volume_id: vol.id.clone(),
+            mutable_parameters: params(&[("tagSpecification_1", "tier=silver")]),
+        })
+        .await
+        .expect("modify tags");
+    assert_eq!(tag(&describe(&ec2, &vol.id).await, "tier"), Some("silver"));
+    provider
+        .delete_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .expect("delete");
+    let added = moto
+        .added_since(&before)
+        .await
+        .expect("inventory at the end");
+    assert!(added.is_empty(), "left behind: {added:?}");
+}

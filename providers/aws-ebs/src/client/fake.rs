@@ -490,6 +490,19 @@ impl Ec2Api for FakeEc2 {
             .collect())
     }
 
+    async fn tag_disk(&self, id: &VolumeId, tags: BTreeMap<String, String>) -> ClientResult<()> {
+        const OP: &str = "CreateTags";
+        self.enter(OP).await?;
+        let mut st = self.lock();
+        let v = st
+            .volumes
+            .get_mut(id.as_str())
+            .filter(|v| !v.deleted)
+            .ok_or_else(|| service(OP, "InvalidVolume.NotFound", "no such volume"))?;
+        v.disk.tags.extend(tags);
+        Ok(())
+    }
+
     async fn describe_instance(&self, id: &InstanceId) -> ClientResult<Option<Instance>> {
         self.enter("DescribeInstances").await?;
         let now = Instant::now();

@@ -446,6 +446,252 @@ async fn modify_changes_performance_and_checks_limits() {
     assert_eq!(fake.live_volumes()[0].volume_type, "io2");
 }
 
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn mutable_parameters_are_checked_before_creation_and_applied() {
+    let (fake, p) = setup();
+    // (mutable parameters, the text the error must contain)
+    let refused: [(&[(&str, &str)], &str); 4] = [
+        (&[("XXX_FakeKey", "x")], "XXX_FakeKey"),
+        (&[("throughput", "2000")], "throughput 2000"),
+        (&[("volumeType", "gp2"), ("iops", "4000")], "gp2"),
+        (&[("tagSpecification_1", "CSIVolumeName=x")], "reserved"),
+    ];
+    for (mutable, text) in refused {
+        let mut req = create_req("pvc-vac", 100, &[]);
+        req.mutable_parameters = map(mutable);
+        let err = p.create_volume(req).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{mutable:?}: {err}");
+        assert!(err.message().contains(text), "{mutable:?}: {err}");
+    }
+    assert!(
+        fake.live_volumes().is_empty(),
+        "a refused request created a volume"
+    );
+    assert_eq!(fake.count("CreateVolume"), 0);
+
+    let mut req = create_req("pvc-vac", 100, &[("tagSpecification_1", "team=a")]);
+    req.mutable_parameters = map(&[
+        ("volumeType", "io2"),
+        ("iops", "5000"),
+        ("tagSpecification_1", "tier=gold"),
+    ]);
+    let v = p.create_volume(req.clone()).await.unwrap();
+    let d = &fake.live_volumes()[0];
+    assert_eq!(d.id.as_str(), v.id);
+    assert_eq!((d.volume_type.as_str(), d.iops), ("io2", Some(5000)));
+    assert_eq!(d.tags.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(d.tags.get("team").map(String::as_str), Some("a"));
+    // Idempotent with the same mutable parameters, AlreadyExists with others.
+    assert_eq!(p.create_volume(req.clone()).await.unwrap().id, v.id);
+    req.mutable_parameters = map(&[("throughput", "300")]);
+    let err = p.create_volume(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let mut gp3 = create_req("pvc-gp3", 100, &[]);
+    gp3.mutable_parameters = map(&[("throughput", "300"), ("iops", "4000")]);
+    p.create_volume(gp3).await.unwrap();
+    let d = fake
+        .live_volumes()
+        .into_iter()
+        .find(|d| d.tags.get(NAME_TAG).map(String::as_str) == Some("pvc-gp3"))
+        .unwrap();
+    assert_eq!((d.throughput, d.iops), (Some(300), Some(4000)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn modify_adds_tags() {
+    let (fake, p) = setup();
+    let v = p.create_volume(create_req("pvc-1", 10, &[])).await.unwrap();
+    p.modify_volume(ModifyVolumeRequest {
+        volume_id: v.id,
+        mutable_parameters: map(&[("tagSpecification_9", "tier=silver")]),
+    })
+    .await
+    .unwrap();
+    let d = &fake.live_volumes()[0];
+    assert_eq!(d.tags.get("tier").map(String::as_str), Some("silver"));
+    assert_eq!(fake.count("CreateTags"), 1);
+    assert_eq!(
+        fake.count("ModifyVolume"),
+        0,
+        "tags alone need no ModifyVolume"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zones_come_only_from_this_region() {
+    let mut s = settings();
+    s.region = Some("us-east-1".into());
+    s.default_zone = Some("us-east-1c".into());
+    let (fake, p) = setup_with(s);
+    const EBS: &str = EBS_ZONE_KEY;
+    const WK: &str = ZONE_KEY;
+    fn topo(pairs: &[(&str, &str)]) -> Topology {
+        Topology::from_pairs(pairs.iter().copied())
+    }
+    // (requisite, preferred, expected zone, or None for ResourceExhausted)
+    let cases: Vec<(Vec<Topology>, Vec<Topology>, Option<&str>)> = vec![
+        (vec![], vec![], Some("us-east-1c")),
+        (
+            vec![topo(&[(WK, "us-east-1a")])],
+            vec![],
+            Some("us-east-1a"),
+        ),
+        (
+            vec![topo(&[(WK, "cn-hangzhou-b")]), topo(&[(WK, "us-east-1b")])],
+            vec![topo(&[(WK, "cn-hangzhou-b")])],
+            Some("us-east-1b"),
+        ),
+        (vec![topo(&[(WK, "cn-hangzhou-b")])], vec![], None),
+        (vec![topo(&[(WK, "us-west-2a")])], vec![], None),
+        (
+            vec![topo(&[("kubernetes.io/hostname", "n1")])],
+            vec![],
+            None,
+        ),
+        (
+            vec![topo(&[(WK, "us-east-1b"), (EBS, "us-east-1d")])],
+            vec![],
+            Some("us-east-1d"),
+        ),
+        (
+            vec![topo(&[(WK, "us-east-1b"), (EBS, "eu-west-1a")])],
+            vec![],
+            Some("us-east-1b"),
+        ),
+        (
+            vec![topo(&[(WK, "us-east-1a")]), topo(&[(EBS, "us-east-1b")])],
+            vec![topo(&[(EBS, "us-east-1b")])],
+            Some("us-east-1b"),
+        ),
+        (
+            vec![topo(&[(WK, "us-east-1a")])],
+            vec![topo(&[(WK, "us-east-1f")])],
+            Some("us-east-1a"),
+        ),
+        (
+            vec![],
+            vec![topo(&[(WK, "cn-hangzhou-b")])],
+            Some("us-east-1c"),
+        ),
+        (
+            vec![topo(&[(WK, "us-east-1-bos-1a")])],
+            vec![],
+            Some("us-east-1-bos-1a"),
+        ),
+        (vec![topo(&[(WK, "us-east-10a")])], vec![], None),
+    ];
+    for (i, (requisite, preferred, want)) in cases.into_iter().enumerate() {
+        let name = format!("pvc-zone-{i}");
+        let mut req = create_req(&name, 1, &[]);
+        req.requisite = requisite.clone();
+        req.preferred = preferred;
+        match (p.create_volume(req).await, want) {
+            (Ok(v), Some(zone)) => {
+                assert_eq!(
+                    v.accessible_topology,
+                    vec![Topology::from_pairs([(ZONE_KEY, zone)])],
+                    "case {i}"
+                );
+                let d = fake
+                    .live_volumes()
+                    .into_iter()
+                    .find(|d| d.id.as_str() == v.id)
+                    .unwrap();
+                assert_eq!(d.zone, zone, "case {i}");
+            }
+            (Err(e), None) => {
+                assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "case {i}: {e}");
+                let first = requisite[0].segments.values().next().unwrap();
+                assert!(e.message().contains(first.as_str()), "case {i}: {e}");
+            }
+            (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
+        }
+    }
+    assert!(
+        fake.live_volumes()
+            .iter()
+            .all(|d| d.zone.starts_with("us-east-1")),
+        "a volume outside the region"
+    );
+}
+
+#[test]
+fn zone_names_and_regions() {
+    assert_eq!(region_of_zone("us-east-1a").as_deref(), Some("us-east-1"));
+    assert_eq!(
+        region_of_zone("us-west-2-lax-1a").as_deref(),
+        Some("us-west-2-lax-1")
+    );
+    assert_eq!(region_of_zone("cn-hangzhou-b"), None);
+    assert!(zone_in_region("us-east-1a", Some("us-east-1")));
+    assert!(!zone_in_region("us-east-10a", Some("us-east-1")));
+    assert!(!zone_in_region("us-east-1", Some("us-east-1")));
+    assert!(!zone_in_region("cn-hangzhou-b", None));
+    assert!(zone_in_region("eu-west-1b", None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sizes_near_i64_max_are_out_of_range() {
+    let (fake, p) = setup();
+    let max = i64::MAX;
+    // (required, limit, expected error kind or None for success)
+    let cases = [
+        (max, 0, Some(ErrorKind::OutOfRange)),
+        (max, max, Some(ErrorKind::OutOfRange)),
+        (max - 1, 0, Some(ErrorKind::OutOfRange)),
+        (max - GIB + 1, 0, Some(ErrorKind::OutOfRange)),
+        ((max / GIB) * GIB, 0, Some(ErrorKind::OutOfRange)),
+        (GIB, max, None),
+        (0, max, None),
+        (-1, 0, Some(ErrorKind::InvalidArgument)),
+        (GIB, -1, Some(ErrorKind::InvalidArgument)),
+    ];
+    for (i, (required, limit, want)) in cases.into_iter().enumerate() {
+        let mut req = create_req(&format!("pvc-size-{i}"), 0, &[]);
+        req.required_bytes = required;
+        req.limit_bytes = limit;
+        match (p.create_volume(req).await, want) {
+            (Ok(v), None) => assert!(v.capacity_bytes >= required && v.capacity_bytes > 0),
+            (Err(e), Some(kind)) => assert_eq!(e.kind(), kind, "create case {i}: {e}"),
+            (got, want) => panic!("create case {i}: got {got:?}, want {want:?}"),
+        }
+    }
+    let created = fake.count("CreateVolume");
+    let v = p
+        .create_volume(create_req("pvc-grow", 10, &[]))
+        .await
+        .unwrap();
+    for (i, (required, limit, want)) in cases.into_iter().enumerate() {
+        let want = if required <= 10 * GIB && want.is_none() {
+            None
+        } else {
+            want
+        };
+        let got = p
+            .expand_volume(ExpandVolumeRequest {
+                volume_id: v.id.clone(),
+                required_bytes: required,
+                limit_bytes: limit,
+                ..ExpandVolumeRequest::default()
+            })
+            .await;
+        match (got, want) {
+            (Ok(r), None) => assert_eq!(r.capacity_bytes, 10 * GIB, "expand case {i}"),
+            (Err(e), Some(kind)) => assert_eq!(e.kind(), kind, "expand case {i}: {e}"),
+            (got, want) => panic!("expand case {i}: got {got:?}, want {want:?}"),
+        }
+    }
+    assert_eq!(fake.count("CreateVolume"), created + 1);
+    assert_eq!(fake.count("ModifyVolume"), 0, "no huge size reached EC2");
+}
+
 #[tokio::test(start_paused = true)]
 async fn list_volumes_pages_with_max_entries() {
     let (_fake, p) = setup();
