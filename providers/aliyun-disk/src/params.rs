@@ -352,8 +352,12 @@ impl CreateParams {
         })
     }
 
-    /// Applies a VolumeAttributesClass given at creation.
-    pub fn apply(&mut self, modify: &ModifyParams) {
+    /// Applies a VolumeAttributesClass given at creation (its values win
+    /// over the StorageClass's), then checks that the result is still a
+    /// disk CreateDisk can make: a performance level needs `cloud_essd` and
+    /// provisioned IOPS need `cloud_auto` among the categories, whichever
+    /// side named them.
+    pub fn apply(&mut self, modify: &ModifyParams) -> Result<()> {
         if let Some(c) = modify.category {
             self.categories = vec![c];
         }
@@ -363,6 +367,28 @@ impl CreateParams {
         if let Some(i) = modify.provisioned_iops {
             self.provisioned_iops = Some(i);
         }
+        let categories = self
+            .categories
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        if self.performance_level.is_some() && !self.categories.contains(&Category::CloudEssd) {
+            return Err(invalid(format!(
+                "aliyun-disk mutable parameter `performanceLevel` cannot be applied at creation: it needs a cloud_essd disk, and the categories are {categories}"
+            )));
+        }
+        if self.provisioned_iops.is_some() && !self.categories.contains(&Category::CloudAuto) {
+            return Err(invalid(format!(
+                "aliyun-disk mutable parameter `provisionedIops` cannot be applied at creation: it needs a cloud_auto disk, and the categories are {categories}"
+            )));
+        }
+        if self.bursting_enabled.is_some() && !self.categories.contains(&Category::CloudAuto) {
+            return Err(invalid(format!(
+                "aliyun-disk parameter `burstingEnabled` needs a cloud_auto disk, and the mutable parameter `category` made the categories {categories}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -556,6 +582,44 @@ mod tests {
         assert!(ModifyParams::parse(&map(&[("category", "cloud_auto,cloud_essd")])).is_err());
         assert!(ModifyParams::parse(&map(&[("size", "5")])).is_err());
         assert!(ModifyParams::parse(&map(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn mutable_parameters_at_creation_are_checked_against_the_categories() {
+        let base =
+            || CreateParams::parse(&map(&[("category", "cloud_ssd")]), &defaults(), "").unwrap();
+        let mut p = base();
+        let err = p
+            .apply(&ModifyParams::parse(&map(&[("performanceLevel", "PL2")])).unwrap())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            err.message().contains("performanceLevel"),
+            "{}",
+            err.message()
+        );
+        let mut p = base();
+        let err = p
+            .apply(&ModifyParams::parse(&map(&[("provisionedIops", "100")])).unwrap())
+            .unwrap_err();
+        assert!(
+            err.message().contains("provisionedIops"),
+            "{}",
+            err.message()
+        );
+        let mut p = base();
+        p.apply(
+            &ModifyParams::parse(&map(&[
+                ("category", "cloud_essd"),
+                ("performanceLevel", "PL0"),
+            ]))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.categories, vec![Category::CloudEssd]);
+        assert_eq!(p.performance_level, Some(PerformanceLevel::Pl0));
+        let err = ModifyParams::parse(&map(&[("XXX_FakeKey", "1")])).unwrap_err();
+        assert!(err.message().contains("XXX_FakeKey"), "{}", err.message());
     }
 
     #[test]

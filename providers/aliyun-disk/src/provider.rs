@@ -704,7 +704,7 @@ impl Provider for AliyunDiskProvider {
             &self.settings.resource_group_id,
         )?;
         if !req.mutable_parameters.is_empty() {
-            params.apply(&ModifyParams::parse(&req.mutable_parameters)?);
+            params.apply(&ModifyParams::parse(&req.mutable_parameters)?)?;
         }
         let mut required_gib = gib_ceil(req.required_bytes);
         let limit_gib = if req.limit_bytes > 0 {

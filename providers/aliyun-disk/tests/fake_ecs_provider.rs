@@ -922,3 +922,80 @@ async fn the_operation_log_tells_serialized_instances_apart() {
     assert_eq!(parallel.peak_instances, 5, "{parallel:?}");
     assert_eq!(fake.errors().get("InvalidOperation.Conflict"), None);
 }
+
+#[tokio::test]
+async fn mutable_parameters_are_checked_before_any_disk_is_created() {
+    let (fake, p) = start().await;
+    let with_mutable = |name: &str, sc: &[(&str, &str)], vac: &[(&str, &str)]| {
+        let mut req = create_req(name, 20, ZONE_A, sc);
+        req.mutable_parameters = params(vac);
+        req
+    };
+    // An unknown key: refused by name, no disk, not even a CreateDisk call.
+    let err = p
+        .create_volume(with_mutable(
+            "pvc-vac-bad",
+            &[("category", "cloud_essd")],
+            &[("XXX_FakeKey", "1")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        err.full_message().contains("XXX_FakeKey"),
+        "{}",
+        err.full_message()
+    );
+    // A key ECS cannot apply to the StorageClass's categories.
+    let err = p
+        .create_volume(with_mutable(
+            "pvc-vac-pl",
+            &[("category", "cloud_ssd")],
+            &[("performanceLevel", "PL2")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        err.full_message().contains("performanceLevel"),
+        "{}",
+        err.full_message()
+    );
+    let err = p
+        .create_volume(with_mutable(
+            "pvc-vac-iops",
+            &[("category", "cloud_essd")],
+            &[("provisionedIops", "5000")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(fake.disks().is_empty(), "{:?}", fake.disks());
+    assert_eq!(fake.calls().get("CreateDisk"), None);
+
+    // Valid ones are applied by CreateDisk itself.
+    let vol = p
+        .create_volume(with_mutable(
+            "pvc-vac-ok",
+            &[("category", "cloud_essd"), ("diskTags", "team:db")],
+            &[("performanceLevel", "PL0")],
+        ))
+        .await
+        .unwrap();
+    let disk = fake.disk(&vol.id).unwrap();
+    assert_eq!(disk.performance_level, "PL0");
+    assert_eq!(disk.tags["team"], "db");
+    let vol = p
+        .create_volume(with_mutable(
+            "pvc-vac-auto",
+            &[("category", "cloud_essd"), ("diskTags", "team:db")],
+            &[("category", "cloud_auto"), ("provisionedIops", "5000")],
+        ))
+        .await
+        .unwrap();
+    let disk = fake.disk(&vol.id).unwrap();
+    assert_eq!(disk.category, "cloud_auto");
+    assert_eq!(disk.provisioned_iops, 5000);
+    assert_eq!(fake.disks().len(), 2);
+    assert_eq!(fake.calls().get("ModifyDiskSpec"), None);
+}
