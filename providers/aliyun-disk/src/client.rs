@@ -451,6 +451,19 @@ fn push_tags(params: &mut BTreeMap<String, String>, tags: &[(String, String)]) {
     }
 }
 
+/// ECS answers `SignatureDoesNotMatch` with its string to sign, which holds
+/// every signed parameter (the AccessKeyId and, with RPC signing, the STS
+/// token): the message keeps only what comes before it.
+fn withhold_string_to_sign(message: &str) -> String {
+    match message.to_ascii_lowercase().find("string to sign") {
+        Some(at) => format!(
+            "{} (the string to sign it quoted is withheld: it contains credentials)",
+            message[..at].trim_end()
+        ),
+        None => message.to_owned(),
+    }
+}
+
 /// A fresh nonce: unique per request, as the replay check demands.
 fn nonce() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -471,10 +484,7 @@ impl HttpEcsClient {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
-            .map_err(|source| ApiError::Transport {
-                action: "(client)".into(),
-                source,
-            })?;
+            .map_err(|source| ApiError::transport("(client)", &endpoint, source))?;
         Ok(Self {
             instance: config.instance.clone(),
             http,
@@ -576,10 +586,9 @@ impl HttpEcsClient {
                 builder = builder.header(k.as_str(), v.as_str());
             }
         }
-        builder.build().map_err(|source| ApiError::Transport {
-            action: action.to_owned(),
-            source,
-        })
+        builder
+            .build()
+            .map_err(|source| ApiError::transport(action, &self.endpoint, source))
     }
 
     async fn send_once<T: DeserializeOwned>(
@@ -596,10 +605,7 @@ impl HttpEcsClient {
                     timeout: self.timeout,
                 }
             } else {
-                ApiError::Transport {
-                    action: action.to_owned(),
-                    source,
-                }
+                ApiError::transport(action, &self.endpoint, source)
             }
         })?;
         let status = response.status().as_u16();
@@ -616,10 +622,7 @@ impl HttpEcsClient {
                     timeout: self.timeout,
                 }
             } else {
-                ApiError::Transport {
-                    action: action.to_owned(),
-                    source,
-                }
+                ApiError::transport(action, &self.endpoint, source)
             }
         })?;
         if (200..300).contains(&status) {
@@ -630,7 +633,9 @@ impl HttpEcsClient {
         }
         let parsed: Option<ErrorBody> = serde_json::from_slice(&body).ok();
         let (code, message, request_id) = match parsed {
-            Some(e) if !e.code.is_empty() => (e.code, e.message, e.request_id),
+            Some(e) if !e.code.is_empty() => {
+                (e.code, withhold_string_to_sign(&e.message), e.request_id)
+            }
             _ => (
                 format!("HTTP{status}"),
                 String::from_utf8_lossy(&body).chars().take(200).collect(),
@@ -876,6 +881,16 @@ mod tests {
     fn timestamps_are_iso8601_seconds() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_456_231_584);
         assert_eq!(timestamp(t), "2016-02-23T12:46:24Z");
+    }
+
+    #[test]
+    fn quoted_strings_to_sign_are_withheld() {
+        let m = withhold_string_to_sign(
+            "Specified signature is not matched with our calculation. server string to sign is:POST&%2F&AccessKeyId%3DLTAIcanary",
+        );
+        assert!(!m.contains("LTAIcanary"), "{m}");
+        assert!(m.starts_with("Specified signature is not matched"), "{m}");
+        assert_eq!(withhold_string_to_sign("plain"), "plain");
     }
 
     #[test]

@@ -37,12 +37,17 @@ pub enum ApiError {
         /// The configured API timeout.
         timeout: Duration,
     },
-    /// The request could not be sent or its answer not read.
-    #[error("ECS {action} could not be sent")]
+    /// The request could not be sent or its answer not read. Build it with
+    /// [`ApiError::transport`], which drops the request URL from the HTTP
+    /// client's error: with RPC signing that URL carries the AccessKeyId,
+    /// the STS token and the signature.
+    #[error("ECS {action} to {endpoint} could not be sent")]
     Transport {
         /// The action that was called.
         action: String,
-        /// What the HTTP client said.
+        /// Scheme, host and port of the endpoint (never the query).
+        endpoint: String,
+        /// What the HTTP client said, without the URL.
         #[source]
         source: reqwest::Error,
     },
@@ -77,7 +82,26 @@ pub enum ApiError {
     },
 }
 
+/// Scheme, host and port of `url`: what an error may show of an endpoint.
+pub fn endpoint_origin(url: &reqwest::Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or("?"));
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out
+}
+
 impl ApiError {
+    /// A transport failure of `action` against `endpoint`, with the request
+    /// URL (and so every signed query parameter) removed from `source`.
+    pub fn transport(action: &str, endpoint: &reqwest::Url, source: reqwest::Error) -> Self {
+        ApiError::Transport {
+            action: action.to_owned(),
+            endpoint: endpoint_origin(endpoint),
+            source: source.without_url(),
+        }
+    }
+
     /// The service's error code, if the service answered.
     pub fn code(&self) -> Option<&str> {
         match self {

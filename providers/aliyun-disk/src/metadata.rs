@@ -81,7 +81,7 @@ impl MetadataClient {
             .build()
             .map_err(|source| MetadataError::Unreachable {
                 url: base_url.to_owned(),
-                source,
+                source: source.without_url(),
             })?;
         Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
@@ -98,7 +98,7 @@ impl MetadataClient {
                 .await
                 .map_err(|source| MetadataError::Unreachable {
                     url: url.clone(),
-                    source,
+                    source: source.without_url(),
                 })?;
         let status = response.status().as_u16();
         if status != 200 {
@@ -109,7 +109,7 @@ impl MetadataClient {
             .await
             .map_err(|source| MetadataError::Unreachable {
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             })?;
         let value = text.trim().to_owned();
         if value.is_empty() {
@@ -184,7 +184,14 @@ impl MetadataClient {
         let creds: RoleCredentials =
             serde_json::from_str(&body).map_err(|e| MetadataError::Invalid {
                 url: url.clone(),
-                reason: format!("not the credentials document: {e}"),
+                // serde_json's message can quote a field's value, and
+                // these values are secrets: report where, not what.
+                reason: format!(
+                    "not the credentials document ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
             })?;
         if creds.code != "Success" {
             return Err(MetadataError::Invalid {
