@@ -97,11 +97,27 @@ enum Step {
     Fail(ProviderError),
 }
 
-fn gib_ceil(bytes: i64) -> i64 {
+/// The largest data disk of any category, in GiB.
+const MAX_DISK_GIB: i64 = 65_536;
+
+/// `bytes` rounded up to whole GiB (at least 1), with checked arithmetic:
+/// a size near `i64::MAX` is `OutOfRange`, never an overflow.
+fn gib_ceil(bytes: i64) -> Result<i64> {
     if bytes <= 0 {
-        return 1;
+        return Ok(1);
     }
-    (bytes + GIB - 1) / GIB
+    bytes.checked_add(GIB - 1).map(|b| b / GIB).ok_or_else(|| {
+        ProviderError::out_of_range(format!(
+            "{bytes} bytes is beyond any ECS disk (at most {MAX_DISK_GIB} GiB)"
+        ))
+    })
+}
+
+/// `gib` in bytes; `OutOfRange` when that does not fit an i64.
+fn gib_bytes(gib: i64) -> Result<i64> {
+    gib.checked_mul(GIB).ok_or_else(|| {
+        ProviderError::out_of_range(format!("{gib} GiB does not fit in a byte count"))
+    })
 }
 
 fn hashed(parts: &[&str]) -> String {
@@ -706,7 +722,7 @@ impl Provider for AliyunDiskProvider {
         if !req.mutable_parameters.is_empty() {
             params.apply(&ModifyParams::parse(&req.mutable_parameters)?)?;
         }
-        let mut required_gib = gib_ceil(req.required_bytes);
+        let mut required_gib = gib_ceil(req.required_bytes)?;
         let limit_gib = if req.limit_bytes > 0 {
             req.limit_bytes / GIB
         } else {
@@ -865,8 +881,14 @@ impl Provider for AliyunDiskProvider {
             )));
         }
         let deadline = Instant::now() + self.settings.waits.modify();
-        let new_gib = gib_ceil(req.required_bytes);
-        if req.limit_bytes > 0 && new_gib.saturating_mul(GIB) > req.limit_bytes {
+        let new_gib = gib_ceil(req.required_bytes)?;
+        if new_gib > MAX_DISK_GIB {
+            return Err(ProviderError::out_of_range(format!(
+                "{} bytes ({new_gib} GiB) is more than any ECS disk holds ({MAX_DISK_GIB} GiB)",
+                req.required_bytes
+            )));
+        }
+        if req.limit_bytes > 0 && gib_bytes(new_gib)? > req.limit_bytes {
             return Err(ProviderError::out_of_range(format!(
                 "{} bytes required but at most {} allowed, and disks grow in whole GiB",
                 req.required_bytes, req.limit_bytes
@@ -879,7 +901,7 @@ impl Provider for AliyunDiskProvider {
         let disk = self.must_describe(&req.volume_id).await?;
         if disk.size_gib >= new_gib {
             return Ok(ExpandVolumeResponse {
-                capacity_bytes: disk.size_gib * GIB,
+                capacity_bytes: gib_bytes(disk.size_gib)?,
                 node_expansion_required: !block,
             });
         }
@@ -914,7 +936,7 @@ impl Provider for AliyunDiskProvider {
             )
             .await?;
         Ok(ExpandVolumeResponse {
-            capacity_bytes: disk.size_gib * GIB,
+            capacity_bytes: gib_bytes(disk.size_gib)?,
             node_expansion_required: !block,
         })
     }
@@ -1449,9 +1471,31 @@ mod tests {
 
     #[test]
     fn sizes_round_up_to_whole_gib() {
-        assert_eq!(gib_ceil(0), 1);
-        assert_eq!(gib_ceil(1), 1);
-        assert_eq!(gib_ceil(GIB), 1);
-        assert_eq!(gib_ceil(GIB + 1), 2);
+        // (bytes, Some(GiB) or None for OutOfRange)
+        let cases: &[(i64, Option<i64>)] = &[
+            (-1, Some(1)),
+            (0, Some(1)),
+            (1, Some(1)),
+            (GIB, Some(1)),
+            (GIB + 1, Some(2)),
+            (1 << 62, Some(1 << 32)),
+            ((1 << 62) + 1, Some((1 << 32) + 1)),
+            (i64::MAX - GIB + 1, Some(i64::MAX / GIB)),
+            (i64::MAX - GIB + 2, None),
+            (i64::MAX - 1, None),
+            (i64::MAX, None),
+        ];
+        for &(bytes, want) in cases {
+            match (gib_ceil(bytes), want) {
+                (Ok(got), Some(want)) => assert_eq!(got, want, "{bytes}"),
+                (Err(e), None) => assert_eq!(e.kind(), ErrorKind::OutOfRange, "{bytes}"),
+                (got, want) => panic!("{bytes}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert_eq!(gib_bytes(MAX_DISK_GIB).unwrap(), MAX_DISK_GIB * GIB);
+        assert_eq!(
+            gib_bytes(i64::MAX / GIB + 1).unwrap_err().kind(),
+            ErrorKind::OutOfRange
+        );
     }
 }

@@ -999,3 +999,56 @@ async fn mutable_parameters_are_checked_before_any_disk_is_created() {
     assert_eq!(fake.disks().len(), 2);
     assert_eq!(fake.calls().get("ModifyDiskSpec"), None);
 }
+
+#[tokio::test]
+async fn sizes_near_i64_max_are_out_of_range_for_create_and_expand() {
+    let (fake, p) = start().await;
+    let vol = p
+        .create_volume(create_req("pvc-huge-base", 20, ZONE_A, &[]))
+        .await
+        .unwrap();
+    // (required bytes, limit bytes)
+    let cases: &[(i64, i64)] = &[
+        (i64::MAX, 0),
+        (i64::MAX - 1, 0),
+        (i64::MAX - GIB + 2, 0),
+        (i64::MAX - GIB + 1, 0),
+        (1 << 62, 0),
+        ((1 << 62) + 1, i64::MAX),
+        (65_537 * GIB, 0),
+        (i64::MAX, i64::MAX),
+    ];
+    for (i, &(required, limit)) in cases.iter().enumerate() {
+        let mut req = create_req(&format!("pvc-huge-{i}"), 1, ZONE_A, &[]);
+        req.required_bytes = required;
+        req.limit_bytes = limit;
+        let err = p.create_volume(req).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::OutOfRange,
+            "create {required}/{limit}: {}",
+            err.full_message()
+        );
+        let err = p
+            .expand_volume(ExpandVolumeRequest {
+                volume_id: vol.id.clone(),
+                required_bytes: required,
+                limit_bytes: limit,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::OutOfRange,
+            "expand {required}/{limit}: {}",
+            err.full_message()
+        );
+    }
+    // A limit of i64::MAX is no obstacle to an ordinary size.
+    let mut req = create_req("pvc-huge-limit", 30, ZONE_A, &[]);
+    req.limit_bytes = i64::MAX;
+    assert_eq!(p.create_volume(req).await.unwrap().capacity_bytes, 30 * GIB);
+    assert_eq!(fake.disks().len(), 2);
+    assert_eq!(fake.calls().get("ResizeDisk"), None);
+}
