@@ -33,7 +33,7 @@ use omnidisk_provider_api::params::parse_settings;
 use omnidisk_provider_api::types::InitRequest;
 use omnidisk_provider_api::{ErrorKind, Provider, ProviderError, ProviderFactory, Result};
 
-pub use provider::{AliyunDiskProvider, ZONE_KEY};
+pub use provider::{AliyunDiskProvider, DISK_ZONE_KEY, ZONE_KEY};
 pub use settings::AliyunSettings;
 
 /// The provider kind name used in configurations.
@@ -47,7 +47,7 @@ pub const FACTORY: ProviderFactory = ProviderFactory {
 
 /// Builds an instance from its `InitRequest`.
 pub async fn create(init: InitRequest) -> Result<Arc<dyn Provider>> {
-    let settings: AliyunSettings = parse_settings(&init.settings_toml)?;
+    let mut settings: AliyunSettings = parse_settings(&init.settings_toml)?;
     let metadata =
         metadata::MetadataClient::new(&settings.metadata_base_url, settings.api_timeout())
             .map_err(|e| {
@@ -90,7 +90,7 @@ pub async fn create(init: InitRequest) -> Result<Arc<dyn Provider>> {
             } else {
                 &region
             }),
-            region,
+            region: region.clone(),
             signature: settings.signature_version,
             timeout: settings.api_timeout(),
             max_retries: settings.max_retries,
@@ -104,6 +104,8 @@ pub async fn create(init: InitRequest) -> Result<Arc<dyn Provider>> {
         ))
         .with_source(e)
     })?;
+    // The provider chooses zones of this region only.
+    settings.region_id = region;
     Ok(Arc::new(AliyunDiskProvider::new(
         &init.instance,
         settings,

@@ -20,9 +20,16 @@ use crate::metadata::{MetadataClient, default_max_volumes};
 use crate::params::{Category, CreateParams, ModifyParams, PerformanceLevel, SnapshotParams};
 use crate::settings::AliyunSettings;
 
-/// The topology key for the zone (the well-known Kubernetes label, so the
-/// scheduler's zone spreading applies).
+/// The well-known Kubernetes zone label. Nodes report it (so the
+/// scheduler's zone spreading applies) and create requirements are read
+/// from it, but only for zones of this instance's region: other providers
+/// on the node report their own cloud's zones under the same key.
 pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+/// This provider's own zone key, the one Alibaba Cloud's CSI disk plugin
+/// uses (so volumes provisioned by it keep matching nodes): read first from
+/// create requirements, reported by nodes, and the key of every volume's
+/// accessible topology.
+pub const DISK_ZONE_KEY: &str = "topology.diskplugin.csi.alibabacloud.com/zone";
 /// Tag holding the CSI volume name (for finding a disk again after a restart).
 pub const VOLUME_NAME_TAG: &str = "omnidisk.csi.dev/volume-name";
 /// Tag holding the CSI snapshot name.
@@ -118,6 +125,89 @@ fn gib_bytes(gib: i64) -> Result<i64> {
     gib.checked_mul(GIB).ok_or_else(|| {
         ProviderError::out_of_range(format!("{gib} GiB does not fit in a byte count"))
     })
+}
+
+/// Whether `zone` is an ECS zone ID of `region`: the region ID followed by
+/// `-<letters/digits>` (`cn-hangzhou-b`) or by letters (`ap-southeast-1a`).
+pub fn zone_in_region(zone: &str, region: &str) -> bool {
+    let Some(rest) = zone.strip_prefix(region).filter(|_| !region.is_empty()) else {
+        return false;
+    };
+    match rest.strip_prefix('-') {
+        Some(suffix) => {
+            !suffix.is_empty()
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        }
+        None => !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase()),
+    }
+}
+
+/// The zone one topology segment set names for this region: its
+/// [`DISK_ZONE_KEY`] value, else its [`ZONE_KEY`] value, each only when it
+/// is a zone of `region`. Segments of other clouds yield nothing.
+fn zone_of(t: &Topology, region: &str) -> Option<String> {
+    [DISK_ZONE_KEY, ZONE_KEY]
+        .iter()
+        .filter_map(|k| t.segments.get(*k))
+        .find(|z| zone_in_region(z, region))
+        .cloned()
+}
+
+fn describe_topologies(ts: &[Topology]) -> String {
+    ts.iter()
+        .map(|t| {
+            let pairs: Vec<String> = t.segments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{{{}}}", pairs.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The zone for a new disk in `region`. Requirements yield zones through
+/// [`zone_of`]. The `zoneId` parameter wins when the requisite zones allow
+/// it; then the first preferred zone that is also requisite (or any
+/// preferred zone without requisite ones), then the first requisite zone,
+/// then `default_zone`. Requisite topologies none of which names a zone of
+/// the region are `ResourceExhausted`, naming the requirement.
+pub fn choose_zone(
+    requisite: &[Topology],
+    preferred: &[Topology],
+    region: &str,
+    param_zone: Option<&str>,
+    default_zone: &str,
+) -> Result<String> {
+    let allowed: Vec<String> = requisite
+        .iter()
+        .filter_map(|t| zone_of(t, region))
+        .collect();
+    if !requisite.is_empty() && allowed.is_empty() {
+        return Err(ProviderError::resource_exhausted(format!(
+            "no zone of region {region} satisfies the accessibility requirement [{}] (zones are read from {DISK_ZONE_KEY}, then {ZONE_KEY}, and must belong to the region)",
+            describe_topologies(requisite)
+        )));
+    }
+    let fits = |z: &str| requisite.is_empty() || allowed.iter().any(|a| a == z);
+    if let Some(wanted) = param_zone.filter(|z| fits(z)) {
+        return Ok(wanted.to_owned());
+    }
+    if let Some(zone) = preferred
+        .iter()
+        .filter_map(|t| zone_of(t, region))
+        .find(|z| fits(z))
+    {
+        return Ok(zone);
+    }
+    if let Some(zone) = allowed.into_iter().next() {
+        return Ok(zone);
+    }
+    if !default_zone.is_empty() {
+        return Ok(default_zone.to_owned());
+    }
+    Err(ProviderError::invalid_argument(format!(
+        "no zone: the request names no zone of region {region} (under {DISK_ZONE_KEY} or {ZONE_KEY}), and neither the `zoneId` parameter nor the instance's default_zone_id is set"
+    )))
 }
 
 fn hashed(parts: &[&str]) -> String {
@@ -269,7 +359,10 @@ impl AliyunDiskProvider {
         Volume {
             id: disk.disk_id.clone(),
             capacity_bytes: disk.size_gib.saturating_mul(GIB),
-            accessible_topology: vec![Topology::from_pairs([(ZONE_KEY, disk.zone_id.as_str())])],
+            accessible_topology: vec![Topology::from_pairs([(
+                DISK_ZONE_KEY,
+                disk.zone_id.as_str(),
+            )])],
             context,
             source: (!disk.source_snapshot_id.is_empty())
                 .then(|| volume::Source::SourceSnapshotId(disk.source_snapshot_id.clone())),
@@ -298,36 +391,15 @@ impl AliyunDiskProvider {
         }
     }
 
-    /// The zone for a new disk: the first preferred topology this instance
-    /// can serve, else the first requisite one, else the parameter or default.
+    /// The zone for a new disk (see [`choose_zone`]).
     fn pick_zone(&self, req: &CreateVolumeRequest, params: &CreateParams) -> Result<String> {
-        let from_topology = req
-            .preferred
-            .iter()
-            .chain(req.requisite.iter())
-            .find_map(|t| t.segments.get(ZONE_KEY).cloned());
-        if let Some(zone) = from_topology {
-            if let Some(wanted) = &params.zone_id {
-                let allowed = req.requisite.is_empty()
-                    || req
-                        .requisite
-                        .iter()
-                        .any(|t| t.segments.get(ZONE_KEY) == Some(wanted));
-                if allowed {
-                    return Ok(wanted.clone());
-                }
-            }
-            return Ok(zone);
-        }
-        if let Some(zone) = &params.zone_id {
-            return Ok(zone.clone());
-        }
-        if !self.settings.default_zone_id.is_empty() {
-            return Ok(self.settings.default_zone_id.clone());
-        }
-        Err(ProviderError::invalid_argument(format!(
-            "no zone: the request has no `{ZONE_KEY}` topology, and neither the `zoneId` parameter nor the instance's default_zone_id is set"
-        )))
+        choose_zone(
+            &req.requisite,
+            &req.preferred,
+            &self.settings.region_id,
+            params.zone_id.as_deref(),
+            &self.settings.default_zone_id,
+        )
     }
 
     async fn find_by_name(&self, tag_value: &str) -> Result<Option<Disk>> {
@@ -1375,7 +1447,10 @@ impl Provider for AliyunDiskProvider {
         let node = self.node_identity().await?;
         Ok(NodeInfo {
             node_id: node.instance_id.clone(),
-            topology: Some(Topology::from_pairs([(ZONE_KEY, node.zone_id.as_str())])),
+            topology: Some(Topology::from_pairs([
+                (DISK_ZONE_KEY, node.zone_id.as_str()),
+                (ZONE_KEY, node.zone_id.as_str()),
+            ])),
             max_volumes: node.max_volumes,
         })
     }
@@ -1434,6 +1509,178 @@ mod tests {
         assert!(long.starts_with("od-") && long.len() <= 64, "{long}");
         let odd = client_token("名前", "cloud_ssd", 0);
         assert!(odd.is_ascii() && odd.len() <= 64);
+    }
+
+    fn topo(pairs: &[(&str, &str)]) -> Topology {
+        Topology::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn zones_of_the_region_only() {
+        assert!(zone_in_region("cn-hangzhou-b", "cn-hangzhou"));
+        assert!(zone_in_region("ap-southeast-1a", "ap-southeast-1"));
+        assert!(!zone_in_region("us-east-1a", "cn-hangzhou"));
+        assert!(!zone_in_region("cn-hangzhou", "cn-hangzhou"));
+        assert!(!zone_in_region("cn-hangzhou-", "cn-hangzhou"));
+        assert!(!zone_in_region("cn-shanghai-finance-1z", "cn-shanghai"));
+        assert!(!zone_in_region("cn-hangzhou-b", ""));
+
+        const R: &str = "cn-hangzhou";
+        let ec2 = |z: &str| topo(&[(ZONE_KEY, z)]);
+        let wk = |z: &str| topo(&[(ZONE_KEY, z)]);
+        let own = |z: &str| topo(&[(DISK_ZONE_KEY, z)]);
+        let both = |own_z: &str, wk_z: &str| topo(&[(DISK_ZONE_KEY, own_z), (ZONE_KEY, wk_z)]);
+        let other = topo(&[("topology.ebs.csi.aws.com/zone", "us-east-1a")]);
+        // (requisite, preferred, zoneId parameter, default zone, Ok(zone) or Err(kind))
+        type Case = (
+            Vec<Topology>,
+            Vec<Topology>,
+            Option<&'static str>,
+            &'static str,
+            std::result::Result<&'static str, ErrorKind>,
+        );
+        let cases: Vec<Case> = vec![
+            // An EC2 zone under the well-known key is never chosen.
+            (
+                vec![ec2("us-east-1a")],
+                vec![],
+                None,
+                "",
+                Err(ErrorKind::ResourceExhausted),
+            ),
+            (
+                vec![ec2("us-east-1a")],
+                vec![],
+                None,
+                "cn-hangzhou-a",
+                Err(ErrorKind::ResourceExhausted),
+            ),
+            (
+                vec![ec2("us-east-1a"), wk("cn-hangzhou-b")],
+                vec![ec2("us-east-1a")],
+                None,
+                "",
+                Ok("cn-hangzhou-b"),
+            ),
+            (
+                vec![other.clone()],
+                vec![],
+                None,
+                "",
+                Err(ErrorKind::ResourceExhausted),
+            ),
+            (
+                vec![other.clone(), own("cn-hangzhou-a")],
+                vec![other.clone()],
+                None,
+                "",
+                Ok("cn-hangzhou-a"),
+            ),
+            // The own key first, whatever the well-known key says.
+            (
+                vec![both("cn-hangzhou-a", "us-east-1a")],
+                vec![],
+                None,
+                "",
+                Ok("cn-hangzhou-a"),
+            ),
+            (
+                vec![both("cn-hangzhou-a", "cn-hangzhou-b")],
+                vec![],
+                None,
+                "",
+                Ok("cn-hangzhou-a"),
+            ),
+            // An own-key value of another region is ignored too.
+            (
+                vec![both("cn-beijing-a", "cn-hangzhou-b")],
+                vec![],
+                None,
+                "",
+                Ok("cn-hangzhou-b"),
+            ),
+            // Preferred within requisite wins; the zoneId parameter when allowed.
+            (
+                vec![own("cn-hangzhou-a"), own("cn-hangzhou-b")],
+                vec![own("cn-hangzhou-b")],
+                None,
+                "",
+                Ok("cn-hangzhou-b"),
+            ),
+            (
+                vec![own("cn-hangzhou-a"), own("cn-hangzhou-b")],
+                vec![own("cn-hangzhou-k")],
+                None,
+                "",
+                Ok("cn-hangzhou-a"),
+            ),
+            (
+                vec![own("cn-hangzhou-a"), own("cn-hangzhou-b")],
+                vec![own("cn-hangzhou-a")],
+                Some("cn-hangzhou-b"),
+                "",
+                Ok("cn-hangzhou-b"),
+            ),
+            (
+                vec![own("cn-hangzhou-a")],
+                vec![],
+                Some("cn-hangzhou-b"),
+                "",
+                Ok("cn-hangzhou-a"),
+            ),
+            // Preferred alone (no requisite), foreign preferred skipped.
+            (
+                vec![],
+                vec![ec2("us-east-1a"), wk("cn-hangzhou-c")],
+                None,
+                "",
+                Ok("cn-hangzhou-c"),
+            ),
+            (
+                vec![],
+                vec![ec2("us-east-1a")],
+                None,
+                "cn-hangzhou-a",
+                Ok("cn-hangzhou-a"),
+            ),
+            (
+                vec![],
+                vec![ec2("us-east-1a")],
+                None,
+                "",
+                Err(ErrorKind::InvalidArgument),
+            ),
+            // No requirements at all.
+            (
+                vec![],
+                vec![],
+                Some("cn-hangzhou-b"),
+                "cn-hangzhou-a",
+                Ok("cn-hangzhou-b"),
+            ),
+            (vec![], vec![], None, "cn-hangzhou-a", Ok("cn-hangzhou-a")),
+            (vec![], vec![], None, "", Err(ErrorKind::InvalidArgument)),
+        ];
+        for (i, (requisite, preferred, param, default, want)) in cases.into_iter().enumerate() {
+            let got = choose_zone(&requisite, &preferred, R, param, default);
+            match (&got, want) {
+                (Ok(z), Ok(w)) => assert_eq!(z, w, "case {i}"),
+                (Err(e), Err(k)) => {
+                    assert_eq!(e.kind(), k, "case {i}: {}", e.message());
+                    if k == ErrorKind::ResourceExhausted {
+                        // Names the requirement it could not meet.
+                        assert!(
+                            e.message().contains("accessibility requirement ["),
+                            "{}",
+                            e.message()
+                        );
+                        let first = requisite[0].segments.values().next().unwrap();
+                        assert!(e.message().contains(first.as_str()), "{}", e.message());
+                    }
+                }
+                _ => panic!("case {i}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use omnidisk_provider_aliyun_disk::fake_ecs::oplog::{OpConcurrency, OpEdge, OpKind};
 use omnidisk_provider_aliyun_disk::fake_ecs::verify::AcceptedKey;
 use omnidisk_provider_aliyun_disk::fake_ecs::{Delays, FakeEcs, FakeEcsConfig};
-use omnidisk_provider_aliyun_disk::{FACTORY, ZONE_KEY};
+use omnidisk_provider_aliyun_disk::{DISK_ZONE_KEY, FACTORY, ZONE_KEY};
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
 
@@ -98,7 +98,7 @@ async fn controller_life_cycle() {
         .await
         .unwrap();
     assert_eq!(vol.capacity_bytes, 20 * GIB);
-    assert_eq!(vol.accessible_topology[0].segments[ZONE_KEY], ZONE_A);
+    assert_eq!(vol.accessible_topology[0].segments[DISK_ZONE_KEY], ZONE_A);
     let disk = fake.disk(&vol.id).unwrap();
     assert_eq!(disk.status, "Available");
     assert_eq!(disk.category, "cloud_essd");
@@ -693,7 +693,9 @@ async fn node_identity_comes_from_metadata() {
     let p = provider_with(&fake, toml, "node").await;
     let info = p.node_info().await.unwrap();
     assert_eq!(info.node_id, "i-fake0001");
-    assert_eq!(info.topology.unwrap().segments[ZONE_KEY], ZONE_A);
+    let topology = info.topology.unwrap();
+    assert_eq!(topology.segments[ZONE_KEY], ZONE_A);
+    assert_eq!(topology.segments[DISK_ZONE_KEY], ZONE_A);
     assert_eq!(info.max_volumes, 16);
     let toml = settings(
         &fake,
@@ -1051,4 +1053,45 @@ async fn sizes_near_i64_max_are_out_of_range_for_create_and_expand() {
     assert_eq!(p.create_volume(req).await.unwrap().capacity_bytes, 30 * GIB);
     assert_eq!(fake.disks().len(), 2);
     assert_eq!(fake.calls().get("ResizeDisk"), None);
+}
+
+#[tokio::test]
+async fn zones_of_other_clouds_are_never_chosen() {
+    let (fake, p) = start().await;
+    let foreign = Topology::from_pairs([(ZONE_KEY, "us-east-1a")]);
+    // Only an EC2 zone: refused before any CreateDisk, naming the requirement.
+    let mut req = create_req("pvc-ec2-only", 20, ZONE_A, &[]);
+    req.requisite = vec![foreign.clone()];
+    req.preferred = vec![foreign.clone()];
+    let err = p.create_volume(req).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::ResourceExhausted,
+        "{}",
+        err.full_message()
+    );
+    assert!(
+        err.full_message().contains("us-east-1a"),
+        "{}",
+        err.full_message()
+    );
+    assert_eq!(fake.calls().get("CreateDisk"), None);
+    assert!(fake.disks().is_empty());
+    // The EC2 zone first in both lists: the Alibaba zone is chosen.
+    let mut req = create_req("pvc-mixed", 20, ZONE_A, &[]);
+    req.requisite = vec![foreign.clone(), Topology::from_pairs([(ZONE_KEY, ZONE_B)])];
+    req.preferred = vec![foreign.clone()];
+    let vol = p.create_volume(req).await.unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().zone, ZONE_B);
+    assert_eq!(vol.accessible_topology[0].segments[DISK_ZONE_KEY], ZONE_B);
+    // A node's segments (own key plus well-known key) as the provisioner
+    // passes them, with the well-known key taken by another cloud.
+    let mut req = create_req("pvc-node", 20, ZONE_A, &[]);
+    req.requisite = vec![Topology::from_pairs([
+        (DISK_ZONE_KEY, ZONE_A),
+        (ZONE_KEY, "us-east-1a"),
+    ])];
+    let vol = p.create_volume(req).await.unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().zone, ZONE_A);
+    assert_eq!(fake.errors().get("InvalidZoneId.NotFound"), None);
 }
