@@ -99,6 +99,9 @@ pub struct Disk {
     /// The snapshot it was created from.
     #[serde(rename = "SourceSnapshotId", default)]
     pub source_snapshot_id: String,
+    /// `Enabled` for a multi-attach disk.
+    #[serde(rename = "MultiAttach", default)]
+    pub multi_attach: String,
     #[serde(rename = "Tags", default)]
     tags: TagList,
     #[serde(rename = "Attachments", default)]
@@ -118,6 +121,11 @@ impl Disk {
             .iter()
             .find(|t| t.key == key)
             .map(|t| t.value.as_str())
+    }
+
+    /// True for a disk created with `MultiAttach=Enabled`.
+    pub fn is_multi_attach(&self) -> bool {
+        self.multi_attach.eq_ignore_ascii_case("Enabled")
     }
 
     /// The instances the disk is attached to (from `Attachments`, else `InstanceId`).
@@ -250,6 +258,8 @@ pub struct CreateDiskArgs {
     pub tags: Vec<(String, String)>,
     /// Idempotency token.
     pub client_token: String,
+    /// `MultiAttach=Enabled`.
+    pub multi_attach: bool,
 }
 
 /// The arguments of ModifyDiskSpec.
@@ -737,6 +747,9 @@ impl EcsApi for HttpEcsClient {
         }
         if let Some(v) = &args.resource_group_id {
             p.insert("ResourceGroupId".into(), v.clone());
+        }
+        if args.multi_attach {
+            p.insert("MultiAttach".into(), "Enabled".into());
         }
         push_tags(&mut p, &args.tags);
         p.insert("ClientToken".into(), args.client_token.clone());

@@ -225,6 +225,13 @@ pub fn classify(code: &str, status: u16) -> ErrorKind {
         ),
         // Out of slots or quota.
         ("InstanceDiskLimitExceeded", ErrorKind::ResourceExhausted),
+        // The fake ECS's code for a multi-attach disk on too many instances
+        // (the provider counts attachments first, so ECS's own code, not
+        // documented, is not relied on).
+        (
+            "InvalidOperation.MultiAttachLimitExceeded",
+            ErrorKind::ResourceExhausted,
+        ),
         ("QuotaExceed", ErrorKind::ResourceExhausted),
         ("OperationDenied.NoStock", ErrorKind::ResourceExhausted),
         // Sizes.

@@ -155,6 +155,16 @@ pub struct CreateParams {
     pub zone_id: Option<String>,
     /// User tags.
     pub tags: Vec<(String, String)>,
+    /// `MultiAttach=Enabled`: the disk can be attached to several instances.
+    pub multi_attach: bool,
+}
+
+impl Category {
+    /// True for the categories ECS creates with `MultiAttach=Enabled`
+    /// (ESSD at every level and ESSD AutoPL).
+    pub fn supports_multi_attach(self) -> bool {
+        matches!(self, Category::CloudEssd | Category::CloudAuto)
+    }
 }
 
 /// Changes requested through a VolumeAttributesClass.
@@ -316,7 +326,20 @@ impl CreateParams {
             .map(|r| plain_value("zoneId", &r))
             .transpose()?;
         let tags = take_tags(&mut p, "diskTags", "diskTags/")?;
+        let multi_attach = p.take_bool("multiAttach")?.unwrap_or(false);
         p.finish()?;
+        if multi_attach {
+            if let Some(c) = categories.iter().find(|c| !c.supports_multi_attach()) {
+                return Err(invalid(format!(
+                    "aliyun-disk parameter `multiAttach`: category {c} cannot be multi-attached (only cloud_essd and cloud_auto can)"
+                )));
+            }
+            if bursting_enabled == Some(true) {
+                return Err(invalid(
+                    "aliyun-disk parameter `burstingEnabled`: a multi-attach cloud_auto disk does not burst".into(),
+                ));
+            }
+        }
         if performance_level.is_some() && !categories.contains(&Category::CloudEssd) {
             return Err(invalid(
                 "aliyun-disk parameter `performanceLevel` applies to cloud_essd only, which `category` does not list".into(),
@@ -349,6 +372,7 @@ impl CreateParams {
             resource_group_id,
             zone_id,
             tags,
+            multi_attach,
         })
     }
 
@@ -382,6 +406,13 @@ impl CreateParams {
             return Err(invalid(format!(
                 "aliyun-disk mutable parameter `provisionedIops` cannot be applied at creation: it needs a cloud_auto disk, and the categories are {categories}"
             )));
+        }
+        if self.multi_attach {
+            if let Some(c) = self.categories.iter().find(|c| !c.supports_multi_attach()) {
+                return Err(invalid(format!(
+                    "aliyun-disk mutable parameter `category`: {c} cannot be multi-attached, and the StorageClass asks for `multiAttach`"
+                )));
+            }
         }
         if self.bursting_enabled.is_some() && !self.categories.contains(&Category::CloudAuto) {
             return Err(invalid(format!(
@@ -543,6 +574,14 @@ mod tests {
             (&[("resourceGroupId", "rg 1")], "resourceGroupId"),
             (&[("fsType", "ext4")], "fsType"),
             (&[("iops", "3000")], "iops"),
+            (
+                &[
+                    ("category", "cloud_essd,cloud_ssd"),
+                    ("multiAttach", "true"),
+                ],
+                "cloud_ssd",
+            ),
+            (&[("multiAttach", "yes please")], "multiAttach"),
         ];
         for (pairs, needle) in cases {
             let err = CreateParams::parse(&map(pairs), &defaults(), "").unwrap_err();

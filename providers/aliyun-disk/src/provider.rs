@@ -38,6 +38,8 @@ pub const SNAPSHOT_NAME_TAG: &str = "omnidisk.csi.dev/snapshot-name";
 pub const INSTANCE_TAG: &str = "omnidisk.csi.dev/instance";
 /// Publish-context key carrying the disk's serial.
 pub const SERIAL_CONTEXT_KEY: &str = "serial";
+/// Most instances ECS attaches one multi-attach disk to.
+pub const MULTI_ATTACH_LIMIT: usize = 16;
 /// Longest ClientToken ECS accepts.
 const MAX_CLIENT_TOKEN: usize = 64;
 /// Longest tag value ECS accepts.
@@ -366,7 +368,7 @@ impl AliyunDiskProvider {
             context,
             source: (!disk.source_snapshot_id.is_empty())
                 .then(|| volume::Source::SourceSnapshotId(disk.source_snapshot_id.clone())),
-            multi_attach: false,
+            multi_attach: disk.is_multi_attach(),
         }
     }
 
@@ -377,7 +379,10 @@ impl AliyunDiskProvider {
         );
         VolumeStatus {
             volume: Some(self.volume_of(disk)),
-            published_nodes: if disk.status == "In_use" {
+            published_nodes: if disk.status == "In_use"
+                || (disk.is_multi_attach()
+                    && matches!(disk.status.as_str(), "Attaching" | "Detaching"))
+            {
                 disk.attached_instances()
             } else {
                 Vec::new()
@@ -430,7 +435,8 @@ impl AliyunDiskProvider {
         let size_ok =
             disk.size_gib >= required_gib && (limit_gib == 0 || disk.size_gib <= limit_gib);
         let source_ok = snapshot.unwrap_or("") == disk.source_snapshot_id;
-        if category_ok && size_ok && source_ok {
+        let multi_ok = disk.is_multi_attach() == params.multi_attach;
+        if category_ok && size_ok && source_ok && multi_ok {
             Ok(())
         } else {
             Err(ProviderError::already_exists(format!(
@@ -633,6 +639,7 @@ impl AliyunDiskProvider {
                     resource_group_id: params.resource_group_id.clone(),
                     tags: self.base_tags(VOLUME_NAME_TAG, &req.name, &params.tags),
                     client_token: client_token(&req.name, category.as_str(), generation),
+                    multi_attach: params.multi_attach,
                 };
                 match self.api.create_disk(&args).await {
                     Ok(disk_id) => match self.describe(&disk_id).await? {
@@ -776,6 +783,11 @@ impl Provider for AliyunDiskProvider {
                 AccessMode::SingleNodeReaderOnly as i32,
                 AccessMode::SingleNodeSingleWriter as i32,
                 AccessMode::SingleNodeMultiWriter as i32,
+                // Multi-attach disks only (StorageClass `multiAttach`),
+                // writers as raw block only: see `check_multi_node`.
+                AccessMode::MultiNodeReaderOnly as i32,
+                AccessMode::MultiNodeSingleWriter as i32,
+                AccessMode::MultiNodeMultiWriter as i32,
             ],
             group_snapshots: false,
         }
@@ -794,6 +806,7 @@ impl Provider for AliyunDiskProvider {
         if !req.mutable_parameters.is_empty() {
             params.apply(&ModifyParams::parse(&req.mutable_parameters)?)?;
         }
+        omnidisk_provider_api::access::check_multi_node(&req.capabilities, params.multi_attach)?;
         let mut required_gib = gib_ceil(req.required_bytes)?;
         let limit_gib = if req.limit_bytes > 0 {
             req.limit_bytes / GIB
@@ -1097,14 +1110,35 @@ impl Provider for AliyunDiskProvider {
             if attached_here(&disk) {
                 return Ok(Self::attach_context(&disk));
             }
+            let multi = disk.is_multi_attach();
+            if let Some(capability) = &req.capability {
+                if let Some(why) =
+                    omnidisk_provider_api::access::multi_node_refusal(capability, multi)
+                {
+                    return Err(ProviderError::failed_precondition(format!(
+                        "disk {}: {why}",
+                        disk.disk_id
+                    )));
+                }
+            }
             if !holders.is_empty() && !holders.iter().any(|i| i == node) {
-                return Err(ProviderError::failed_precondition(format!(
-                    "disk {} is attached to {holders:?}",
-                    disk.disk_id
-                )));
+                if !multi {
+                    return Err(ProviderError::failed_precondition(format!(
+                        "disk {} is attached to {holders:?} and is not a multi-attach disk",
+                        disk.disk_id
+                    )));
+                }
+                if holders.len() >= MULTI_ATTACH_LIMIT {
+                    return Err(ProviderError::resource_exhausted(format!(
+                        "multi-attach disk {} is attached to {} instances already, the most ECS allows ({MULTI_ATTACH_LIMIT})",
+                        disk.disk_id,
+                        holders.len()
+                    )));
+                }
             }
             match disk.status.as_str() {
                 "Available" => {}
+                "In_use" if multi => {}
                 "Attaching" | "Detaching" | "Creating" | "ReIniting" | "In_use" => {
                     self.wait_disk(&disk.disk_id, deadline, "settle", |d| {
                         if matches!(d.status.as_str(), "Available" | "In_use") {

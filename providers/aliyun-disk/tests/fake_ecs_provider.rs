@@ -1095,3 +1095,166 @@ async fn zones_of_other_clouds_are_never_chosen() {
     assert_eq!(fake.disk(&vol.id).unwrap().zone, ZONE_A);
     assert_eq!(fake.errors().get("InvalidZoneId.NotFound"), None);
 }
+
+fn block(mode: AccessMode) -> Capability {
+    Capability {
+        access_type: AccessType::Block as i32,
+        access_mode: mode as i32,
+        fs_type: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn multi_attach_disks_serve_several_instances() {
+    let mut config = FakeEcsConfig::standard();
+    for i in 5..=20 {
+        config
+            .instances
+            .insert(format!("i-fake{i:04}"), ZONE_A.to_owned());
+    }
+    let fake = FakeEcs::start(config).await.unwrap();
+    let p = provider_with(&fake, settings(&fake, ""), "all").await;
+    let info = p.info();
+    assert!(
+        info.access_modes
+            .contains(&(AccessMode::MultiNodeMultiWriter as i32))
+    );
+
+    // Refusals before anything is created.
+    let err = p
+        .create_volume(create_req(
+            "pvc-ma-ssd",
+            20,
+            ZONE_A,
+            &[("category", "cloud_ssd"), ("multiAttach", "true")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        err.full_message().contains("cloud_ssd"),
+        "{}",
+        err.full_message()
+    );
+    let mut req = create_req("pvc-ma-nomulti", 20, ZONE_A, &[("category", "cloud_essd")]);
+    req.capabilities = vec![block(AccessMode::MultiNodeMultiWriter)];
+    let err = p.create_volume(req).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidArgument,
+        "{}",
+        err.full_message()
+    );
+    let mut req = create_req(
+        "pvc-ma-fs",
+        20,
+        ZONE_A,
+        &[("category", "cloud_essd"), ("multiAttach", "true")],
+    );
+    req.capabilities = vec![Capability {
+        access_type: AccessType::Mount as i32,
+        access_mode: AccessMode::MultiNodeMultiWriter as i32,
+        fs_type: "ext4".into(),
+    }];
+    let err = p.create_volume(req).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidArgument,
+        "{}",
+        err.full_message()
+    );
+    assert!(fake.disks().is_empty());
+
+    // A multi-attach ESSD attached to 16 instances, refused on the 17th.
+    let mut req = create_req(
+        "pvc-ma",
+        20,
+        ZONE_A,
+        &[("category", "cloud_essd"), ("multiAttach", "true")],
+    );
+    req.capabilities = vec![block(AccessMode::MultiNodeMultiWriter)];
+    let vol = p.create_volume(req).await.unwrap();
+    assert!(vol.multi_attach);
+    assert!(fake.disk(&vol.id).unwrap().multi_attach);
+    let nodes: Vec<String> = (1..=18)
+        .filter(|i| *i != 4)
+        .map(|i| format!("i-fake{i:04}"))
+        .collect();
+    let attach_req = |node: &str| AttachRequest {
+        capability: Some(block(AccessMode::MultiNodeMultiWriter)),
+        ..attach(&vol.id, node)
+    };
+    for node in &nodes[..16] {
+        p.attach_volume(attach_req(node)).await.unwrap();
+    }
+    // Idempotent on a node that holds it.
+    p.attach_volume(attach_req(&nodes[0])).await.unwrap();
+    let err = p.attach_volume(attach_req(&nodes[16])).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::ResourceExhausted,
+        "{}",
+        err.full_message()
+    );
+    let status = p
+        .get_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .unwrap();
+    let mut published = status.published_nodes.clone();
+    published.sort();
+    let mut want = nodes[..16].to_vec();
+    want.sort();
+    assert_eq!(published, want);
+    assert!(status.volume.unwrap().multi_attach);
+    let listed = p.list_volumes(ListRequest::default()).await.unwrap();
+    assert_eq!(listed.entries[0].published_nodes.len(), 16);
+
+    // Detach from one instance only.
+    p.detach_volume(DetachRequest {
+        volume_id: vol.id.clone(),
+        node_id: nodes[3].clone(),
+    })
+    .await
+    .unwrap();
+    let disk = fake.disk(&vol.id).unwrap();
+    assert_eq!(disk.attached.len(), 15);
+    assert!(!disk.attached.contains(&nodes[3]));
+    assert_eq!(disk.status, "In_use");
+    // Now the 17th fits.
+    p.attach_volume(attach_req(&nodes[16])).await.unwrap();
+    assert_eq!(fake.disk(&vol.id).unwrap().attached.len(), 16);
+    assert!(fake.op_concurrency().max_per_instance <= 1);
+
+    // A plain disk keeps to one instance, with the fake's refusal code.
+    let plain = p
+        .create_volume(create_req(
+            "pvc-plain",
+            20,
+            ZONE_A,
+            &[("category", "cloud_essd")],
+        ))
+        .await
+        .unwrap();
+    assert!(!plain.multi_attach);
+    p.attach_volume(attach(&plain.id, "i-fake0001"))
+        .await
+        .unwrap();
+    let err = p
+        .attach_volume(attach(&plain.id, "i-fake0002"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::FailedPrecondition,
+        "{}",
+        err.full_message()
+    );
+    assert!(
+        err.full_message().contains("not a multi-attach disk"),
+        "{}",
+        err.full_message()
+    );
+    assert_eq!(fake.disk(&plain.id).unwrap().instance, "i-fake0001");
+}

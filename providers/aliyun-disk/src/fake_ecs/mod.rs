@@ -173,7 +173,16 @@ pub struct FakeDisk {
     pub tags: BTreeMap<String, String>,
     /// Source snapshot.
     pub snapshot_id: String,
+    /// Created with `MultiAttach=Enabled`.
+    pub multi_attach: bool,
+    /// Instances a multi-attach disk is attached to (any state), in order.
+    pub attached: Vec<String>,
 }
+
+/// Most instances one multi-attach disk is attached to at once.
+pub const MULTI_ATTACH_LIMIT: usize = 16;
+/// The categories that take `MultiAttach=Enabled`.
+pub const MULTI_ATTACH_CATEGORIES: &[&str] = &["cloud_essd", "cloud_auto"];
 
 #[derive(Debug, Clone)]
 enum Change {
@@ -191,6 +200,9 @@ enum Change {
 #[derive(Debug, Clone)]
 struct DiskState {
     public: FakeDisk,
+    /// Attachments of a multi-attach disk: instance -> (state, when the
+    /// transition ends). Single-attach disks use `public.instance`.
+    shared: BTreeMap<String, (String, Option<Instant>)>,
     name: String,
     kms_key_id: String,
     bursting: bool,
@@ -510,6 +522,27 @@ async fn handle(State(inner): State<Shared>, req: Request) -> Response {
     }
 }
 
+/// A multi-attach disk's status and public attachment list from its
+/// attachments: a transition in progress shows, else `In_use` while any
+/// attachment exists, else `Available`.
+fn sync_shared(disk: &mut DiskState) {
+    let public = &mut disk.public;
+    public.attached = disk.shared.keys().cloned().collect();
+    if matches!(public.status.as_str(), "Creating" | "ReIniting") {
+        return;
+    }
+    let transition = disk
+        .shared
+        .values()
+        .find(|(state, _)| state != "In_use")
+        .map(|(state, _)| state.clone());
+    public.status = match transition {
+        Some(state) => state,
+        None if disk.shared.is_empty() => "Available".into(),
+        None => "In_use".into(),
+    };
+}
+
 fn metadata(inner: &Shared, rest: &str) -> Response {
     let state = lock(inner);
     let m = &state.config.metadata;
@@ -698,6 +731,31 @@ impl Inner {
             })
             .collect();
         due.sort();
+        for disk in self.disks.values_mut() {
+            if !disk.public.multi_attach {
+                continue;
+            }
+            let id = disk.public.id.clone();
+            let mut done = Vec::new();
+            for (instance, (state, until)) in disk.shared.iter_mut() {
+                if until.is_some_and(|t| t <= now) {
+                    *until = None;
+                    if state == "Attaching" {
+                        *state = "In_use".into();
+                        push_op(&mut self.op_log, instance, &id, OpKind::Attach, OpEdge::End);
+                    } else if state == "Detaching" {
+                        done.push(instance.clone());
+                        push_op(&mut self.op_log, instance, &id, OpKind::Detach, OpEdge::End);
+                    }
+                }
+            }
+            for instance in done {
+                disk.shared.remove(&instance);
+            }
+            if disk.pending.is_none() {
+                sync_shared(disk);
+            }
+        }
         for (_, id) in due {
             let Some(disk) = self.disks.get_mut(&id) else {
                 continue;
@@ -718,6 +776,9 @@ impl Inner {
                 Change::Created | Change::Detached => {
                     d.status = "Available".into();
                     d.instance.clear();
+                    if d.multi_attach {
+                        sync_shared(disk);
+                    }
                 }
                 Change::Attached => d.status = "In_use".into(),
                 Change::Resized(size) => d.size_gib = size,
@@ -738,6 +799,13 @@ impl Inner {
                 }
             }
         }
+    }
+
+    fn attachment_count(&self, instance: &str) -> usize {
+        self.disks
+            .values()
+            .filter(|d| d.public.instance == instance || d.shared.contains_key(instance))
+            .count()
     }
 
     fn new_id(&mut self, prefix: &str) -> String {
@@ -928,6 +996,24 @@ impl Inner {
                 format!("{category} takes {min} to {max} GiB, not {size}."),
             ));
         }
+        let multi_attach = match p.get("MultiAttach").map(String::as_str) {
+            None | Some("Disabled") => false,
+            Some("Enabled") => true,
+            Some(other) => {
+                return Err(err(
+                    400,
+                    "InvalidParameter.MultiAttach",
+                    format!("MultiAttach must be Enabled or Disabled, not {other}."),
+                ));
+            }
+        };
+        if multi_attach && !MULTI_ATTACH_CATEGORIES.contains(&category.as_str()) {
+            return Err(err(
+                400,
+                "InvalidDiskCategory.NotSupportMultiAttach",
+                format!("The category {category} does not support multi-attach."),
+            ));
+        }
         let encrypted = p.get("Encrypted").is_some_and(|v| v == "true");
         let id = self.new_id("d");
         let delay = self.config.delays.create;
@@ -956,7 +1042,10 @@ impl Inner {
                     encrypted,
                     tags: tags_of(p),
                     snapshot_id,
+                    multi_attach,
+                    attached: Vec::new(),
                 },
+                shared: BTreeMap::new(),
                 name: p.get("DiskName").cloned().unwrap_or_default(),
                 kms_key_id: p.get("KMSKeyId").cloned().unwrap_or_default(),
                 bursting: p.get("BurstingEnabled").is_some_and(|v| v == "true"),
@@ -993,8 +1082,11 @@ impl Inner {
 
     fn instance_busy(&self, instance: &str) -> bool {
         self.disks.values().any(|d| {
-            d.public.instance == instance
-                && matches!(d.public.status.as_str(), "Attaching" | "Detaching")
+            (d.public.instance == instance
+                && matches!(d.public.status.as_str(), "Attaching" | "Detaching"))
+                || d.shared
+                    .get(instance)
+                    .is_some_and(|(state, _)| state != "In_use")
         })
     }
 
@@ -1019,14 +1111,66 @@ impl Inner {
                 )
             })?;
         let busy = self.instance_busy(&instance);
-        let attached = self
-            .disks
-            .values()
-            .filter(|d| d.public.instance == instance)
-            .count();
+        let attached = self.attachment_count(&instance);
         let limit = self.config.max_disks_per_instance;
         let delay = self.config.delays.attach;
         let disk = self.disk_mut(p)?;
+        if disk.public.multi_attach {
+            if disk.shared.contains_key(&instance) {
+                return Err(err(404, "InvalidDisk.InUse", "The disk is in use."));
+            }
+            if !matches!(disk.public.status.as_str(), "Available" | "In_use") {
+                return Err(err(
+                    403,
+                    "IncorrectDiskStatus",
+                    "The current disk status does not support this operation.",
+                ));
+            }
+            if disk.public.zone != zone {
+                return Err(err(
+                    403,
+                    "ResourcesNotInSameZone",
+                    "The disk and the instance are not in the same zone.",
+                ));
+            }
+            if disk.shared.len() >= MULTI_ATTACH_LIMIT {
+                return Err(err(
+                    403,
+                    "InvalidOperation.MultiAttachLimitExceeded",
+                    format!(
+                        "A multi-attach disk is attached to at most {MULTI_ATTACH_LIMIT} instances."
+                    ),
+                ));
+            }
+            if busy {
+                return Err(err(
+                    403,
+                    "InvalidOperation.Conflict",
+                    "Another operation is being performed on the instance.",
+                ));
+            }
+            if attached >= limit {
+                return Err(err(
+                    403,
+                    "InstanceDiskLimitExceeded",
+                    "The instance holds the most data disks it can.",
+                ));
+            }
+            disk.shared.insert(
+                instance.clone(),
+                ("Attaching".into(), Some(Instant::now() + delay)),
+            );
+            sync_shared(disk);
+            let disk_id = disk.public.id.clone();
+            push_op(
+                &mut self.op_log,
+                &instance,
+                &disk_id,
+                OpKind::Attach,
+                OpEdge::Start,
+            );
+            return Ok(json!({}));
+        }
         if disk.public.status == "In_use" || disk.public.status == "Attaching" {
             return Err(err(404, "InvalidDisk.InUse", "The disk is in use."));
         }
@@ -1090,6 +1234,43 @@ impl Inner {
         let busy = self.instance_busy(&instance);
         let delay = self.config.delays.detach;
         let disk = self.disk_mut(p)?;
+        if disk.public.multi_attach {
+            let Some((state, _)) = disk.shared.get(&instance) else {
+                return Err(err(
+                    403,
+                    "DependencyViolation",
+                    "The disk has not been attached on the specified instance.",
+                ));
+            };
+            if state != "In_use" {
+                return Err(err(
+                    403,
+                    "IncorrectDiskStatus",
+                    "The current disk status does not support this operation.",
+                ));
+            }
+            if busy {
+                return Err(err(
+                    403,
+                    "InvalidOperation.Conflict",
+                    "Another operation is being performed on the instance.",
+                ));
+            }
+            disk.shared.insert(
+                instance.clone(),
+                ("Detaching".into(), Some(Instant::now() + delay)),
+            );
+            sync_shared(disk);
+            let disk_id = disk.public.id.clone();
+            push_op(
+                &mut self.op_log,
+                &instance,
+                &disk_id,
+                OpKind::Detach,
+                OpEdge::Start,
+            );
+            return Ok(json!({}));
+        }
         if disk.public.instance != instance {
             return Err(err(
                 403,
@@ -1126,7 +1307,12 @@ impl Inner {
 
     fn disk_json(&self, d: &DiskState) -> Value {
         let p = &d.public;
-        let attachments = if p.instance.is_empty()
+        let attachments = if p.multi_attach {
+            d.shared
+                .keys()
+                .map(|i| json!({"InstanceId": i, "Device": "/dev/xvdb", "AttachedTime": ""}))
+                .collect()
+        } else if p.instance.is_empty()
             || p.status != "In_use" && p.status != "Detaching" && p.status != "Attaching"
         {
             Vec::new()
@@ -1155,6 +1341,7 @@ impl Inner {
             "Type": "data",
             "CreationTime": humantime::format_rfc3339_seconds(d.created).to_string(),
             "Tags": tag_json(&p.tags),
+            "MultiAttach": if p.multi_attach { "Enabled" } else { "Disabled" },
             "Attachments": {"Attachment": attachments},
         })
     }
@@ -1174,7 +1361,10 @@ impl Inner {
             .disks
             .values()
             .filter(|d| ids.as_ref().is_none_or(|ids| ids.contains(&d.public.id)))
-            .filter(|d| p.get("InstanceId").is_none_or(|i| *i == d.public.instance))
+            .filter(|d| {
+                p.get("InstanceId")
+                    .is_none_or(|i| *i == d.public.instance || d.shared.contains_key(i))
+            })
             .filter(|d| p.get("ZoneId").is_none_or(|z| *z == d.public.zone))
             .filter(|d| {
                 p.get("Status")
