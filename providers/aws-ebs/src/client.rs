@@ -117,6 +117,8 @@ pub struct Disk {
     pub kms_key_id: Option<String>,
     /// The snapshot it was created from.
     pub snapshot_id: Option<String>,
+    /// The volume this one was copied from (CopyVolumes), if any.
+    pub source_volume_id: Option<String>,
     /// Lifecycle state.
     pub state: DiskState,
     /// Its tags.
@@ -377,6 +379,11 @@ pub type ClientResult<T> = Result<T, ClientError>;
 pub trait Ec2Api: Send + Sync + 'static {
     /// CreateVolume.
     async fn create_disk(&self, input: CreateDiskInput) -> ClientResult<Disk>;
+    /// CopyVolumes of one source volume: a new volume in the source's zone
+    /// with `input`'s size, type, performance, encryption, tags and
+    /// ClientToken (`input.zone`, `snapshot_id` and `initialization_rate`
+    /// are not sent).
+    async fn copy_disk(&self, source: &VolumeId, input: CreateDiskInput) -> ClientResult<Disk>;
     /// DeleteVolume.
     async fn delete_disk(&self, id: &VolumeId) -> ClientResult<()>;
     /// DescribeVolumes.
@@ -617,6 +624,10 @@ fn disk_from_sdk(operation: &'static str, v: &sdk::Volume) -> ClientResult<Disk>
         encrypted: v.encrypted().unwrap_or(false),
         kms_key_id: v.kms_key_id().map(str::to_owned),
         snapshot_id: v.snapshot_id().filter(|s| !s.is_empty()).map(str::to_owned),
+        source_volume_id: v
+            .source_volume_id()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
         state: DiskState::parse(v.state().map(|s| s.as_str()).unwrap_or("")),
         tags: tags_of(v.tags()),
         attachments: v
@@ -745,10 +756,56 @@ impl Ec2Api for SdkEc2 {
                 .snapshot_id()
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
+            source_volume_id: None,
             state: DiskState::parse(out.state().map(|s| s.as_str()).unwrap_or("creating")),
             tags: tags_of(out.tags()),
             attachments: Vec::new(),
         })
+    }
+
+    async fn copy_disk(&self, source: &VolumeId, input: CreateDiskInput) -> ClientResult<Disk> {
+        const OP: &str = "CopyVolumes";
+        self.calls.record(OP);
+        let mut req = self
+            .client
+            .copy_volumes()
+            .source_volume_id(source.as_str())
+            .size(to_i32(OP, "size", input.size_gib)?)
+            .volume_type(sdk::VolumeType::from(input.volume_type.as_str()))
+            .set_iops(input.iops)
+            .set_throughput(input.throughput)
+            .set_kms_key_id(input.kms_key_id.clone())
+            .client_token(&input.client_token);
+        if input.encrypted {
+            req = req.encrypted(true);
+        }
+        if !input.tags.is_empty() {
+            req = req.tag_specifications(
+                sdk::TagSpecification::builder()
+                    .resource_type(sdk::ResourceType::Volume)
+                    .set_tags(Some(sdk_tags(&input.tags)))
+                    .build(),
+            );
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, self.timeout(), e))?;
+        let volume = out
+            .volumes()
+            .first()
+            .ok_or_else(|| ClientError::Malformed {
+                operation: OP,
+                detail: "no volume in the answer".into(),
+            })?;
+        let mut disk = disk_from_sdk(OP, volume)?;
+        if disk.state == DiskState::Other(String::new()) {
+            disk.state = DiskState::Creating;
+        }
+        if disk.source_volume_id.is_none() {
+            disk.source_volume_id = Some(source.as_str().to_owned());
+        }
+        Ok(disk)
     }
 
     async fn delete_disk(&self, id: &VolumeId) -> ClientResult<()> {

@@ -8,6 +8,11 @@
 //! talks to AWS. `scripts/install-test-deps` installs it into the project's
 //! virtual environment.
 //!
+//! moto does not serve CopyVolumes: [`Moto::endpoint`] is a small proxy in
+//! front of it ([`proxy`]) that answers CopyVolumes on the EC2 wire
+//! protocol by asking moto for a volume like the source, and forwards every
+//! other request unchanged.
+//!
 //! moto is not a faithful EC2: every state change completes at once and it
 //! ships about a thousand public snapshots and a root volume per instance.
 //! [`Moto::inventory`] lets a test compare what exists before and after.
@@ -19,6 +24,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod proxy;
 
 /// The region moto is addressed in.
 pub const REGION: &str = "us-east-1";
@@ -49,6 +56,9 @@ pub enum MotoError {
     /// The Python interpreter itself cannot be run.
     #[error("cannot run {} (moto needs it)", python().to_string_lossy())]
     Python(#[source] io::Error),
+    /// The CopyVolumes proxy could not start.
+    #[error("cannot start the CopyVolumes proxy in front of moto")]
+    Proxy(#[source] io::Error),
     /// No free local port could be found.
     #[error("cannot find a free port on 127.0.0.1")]
     Port(#[source] io::Error),
@@ -148,6 +158,8 @@ pub fn installed() -> Result<bool, MotoError> {
 pub struct Moto {
     child: Child,
     port: u16,
+    /// The CopyVolumes proxy in front of moto (what `endpoint` names).
+    proxy: Option<proxy::CopyVolumesProxy>,
     endpoint: String,
 }
 
@@ -176,9 +188,13 @@ impl Moto {
         let mut moto = Self {
             child,
             port,
+            proxy: None,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
         moto.wait_until_answering()?;
+        let proxy = proxy::CopyVolumesProxy::start(port).map_err(MotoError::Proxy)?;
+        moto.endpoint = format!("http://127.0.0.1:{}", proxy.port());
+        moto.proxy = Some(proxy);
         Ok(moto)
     }
 
@@ -206,12 +222,18 @@ impl Moto {
         })
     }
 
-    /// `http://127.0.0.1:<port>`, for `endpoint_url` settings.
+    /// `http://127.0.0.1:<port>` of the proxy in front of moto (which adds
+    /// CopyVolumes), for `endpoint_url` settings.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    /// The port moto listens on.
+    /// moto's own endpoint, without the proxy.
+    pub fn moto_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port moto itself listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -308,6 +330,8 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
+        // The proxy first, so nothing is forwarded to a dying moto.
+        drop(self.proxy.take());
         if let Err(e) = self.child.kill() {
             tracing::warn!(pid = self.child.id(), error = %e, "cannot stop moto");
         }

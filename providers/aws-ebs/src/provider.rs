@@ -253,7 +253,12 @@ impl EbsProvider {
             source: disk
                 .snapshot_id
                 .clone()
-                .map(volume::Source::SourceSnapshotId),
+                .map(volume::Source::SourceSnapshotId)
+                .or_else(|| {
+                    disk.source_volume_id
+                        .clone()
+                        .map(volume::Source::SourceVolumeId)
+                }),
             multi_attach: false,
         }
     }
@@ -345,6 +350,25 @@ impl EbsProvider {
                 "no zone: the request has no {EBS_ZONE_KEY} or {ZONE_KEY} topology of this region and `default_zone` is not set"
             ))
         })
+    }
+
+    /// The zone of a clone: CopyVolumes places it in its source's zone,
+    /// which the requisite topologies (if any) must allow.
+    fn clone_zone(&self, req: &CreateVolumeRequest, source: &Disk) -> Result<String> {
+        let region = self.region();
+        let allowed = req.requisite.is_empty()
+            || req
+                .requisite
+                .iter()
+                .any(|t| zone_for_region(t, region.as_deref()).as_deref() == Some(&source.zone));
+        if allowed {
+            Ok(source.zone.clone())
+        } else {
+            Err(ProviderError::resource_exhausted(format!(
+                "a clone of volume {} is made in its zone {}, which the accessibility requirement does not allow",
+                source.id, source.zone
+            )))
+        }
     }
 
     /// Tags every volume of this instance gets.
@@ -753,7 +777,7 @@ impl Provider for EbsProvider {
             attach_required: true,
             node_local: false,
             snapshots: true,
-            clone: false,
+            clone: true,
             expand: true,
             modify: true,
             list_volumes: true,
@@ -776,18 +800,17 @@ impl Provider for EbsProvider {
         if req.name.is_empty() {
             return Err(ProviderError::invalid_argument("the volume name is empty"));
         }
-        let snapshot = match &req.source {
-            Some(create_volume_request::Source::SourceVolumeId(_)) => {
-                return Err(ProviderError::unimplemented(
-                    "aws-ebs cannot clone volumes; snapshot the volume and restore the snapshot instead",
-                ));
+        let (snapshot, clone_of) = match &req.source {
+            Some(create_volume_request::Source::SourceVolumeId(id)) => {
+                (None, Some(parse_volume_id(id)?))
             }
-            Some(create_volume_request::Source::SourceSnapshotId(id)) => {
+            Some(create_volume_request::Source::SourceSnapshotId(id)) => (
                 Some(SnapshotId::new(id).map_err(|e| {
                     ProviderError::not_found(format!("snapshot {id:?} not found")).with_source(e)
-                })?)
-            }
-            None => None,
+                })?),
+                None,
+            ),
+            None => (None, None),
         };
         let mut params = VolumeParams::parse(&req.parameters)?;
         // The claim's VolumeAttributesClass: the same keys and rules as
@@ -799,8 +822,41 @@ impl Provider for EbsProvider {
                 "`volumeInitializationRate` applies only to volumes restored from a snapshot",
             ));
         }
-        let zone = self.pick_zone(&req)?;
+        let source_disk = match &clone_of {
+            Some(src) => Some(
+                self.describe_volume(ctl, src, self.call_deadline())
+                    .await?
+                    .filter(|d| !matches!(d.state, DiskState::Deleting | DiskState::Deleted))
+                    .ok_or_else(|| {
+                        ProviderError::not_found(format!("source volume {src} not found"))
+                    })?,
+            ),
+            None => None,
+        };
+        let zone = match &source_disk {
+            Some(src) => self.clone_zone(&req, src)?,
+            None => self.pick_zone(&req)?,
+        };
         let mut size = size_gib(req.required_bytes, req.limit_bytes, params.volume_type)?;
+        if let Some(src) = &source_disk {
+            // A copy is at least as large as its source.
+            if src.size_gib > size {
+                if req.limit_bytes > 0 && checked_gib_bytes(src.size_gib)? > req.limit_bytes {
+                    return Err(ProviderError::out_of_range(format!(
+                        "source volume {} has {} GiB, more than the limit of {} bytes",
+                        src.id, src.size_gib, req.limit_bytes
+                    )));
+                }
+                let max = params.volume_type.limits().max_gib;
+                if src.size_gib > max {
+                    return Err(ProviderError::out_of_range(format!(
+                        "source volume {} has {} GiB, more than the {max} GiB maximum of {}",
+                        src.id, src.size_gib, params.volume_type
+                    )));
+                }
+                size = src.size_gib;
+            }
+        }
         if let Some(snap_id) = &snapshot {
             let snap = self
                 .snapshot_by_id(ctl, snap_id)
@@ -829,9 +885,19 @@ impl Provider for EbsProvider {
         let fingerprint = spec_fingerprint(
             &spec,
             &zone,
-            snapshot.as_ref().map(SnapshotId::as_str),
+            snapshot
+                .as_ref()
+                .map(SnapshotId::as_str)
+                .or(clone_of.as_ref().map(VolumeId::as_str)),
             &params.tags,
         );
+        let result_volume = |disk: &Disk| {
+            let mut v = Self::volume_of(disk);
+            if let Some(src) = &clone_of {
+                v.source = Some(volume::Source::SourceVolumeId(src.to_string()));
+            }
+            v
+        };
 
         let fits = |d: &Disk| {
             gib_bytes(d.size_gib) >= req.required_bytes
@@ -849,7 +915,7 @@ impl Provider for EbsProvider {
             let disk = self
                 .wait_created(ctl, &req.name, existing, deadline)
                 .await?;
-            return Ok(Self::volume_of(&disk));
+            return Ok(result_volume(&disk));
         }
 
         let mut tags = self.base_tags();
@@ -871,12 +937,25 @@ impl Provider for EbsProvider {
         };
         let first_attempt = lock(&ctl.burnt_tokens).get(&req.name).copied().unwrap_or(0);
         let mut created = None;
+        let operation = if clone_of.is_some() {
+            "CopyVolumes"
+        } else {
+            "CreateVolume"
+        };
         for attempt in first_attempt..first_attempt + TOKEN_ATTEMPTS {
             input.client_token = client_token(&req.name, attempt);
             match ctl
                 .retrier
-                .run("CreateVolume", deadline, || {
-                    ctl.api.create_disk(input.clone())
+                .run(operation, deadline, || {
+                    let api = Arc::clone(&ctl.api);
+                    let input = input.clone();
+                    let source = clone_of.clone();
+                    async move {
+                        match source {
+                            Some(src) => api.copy_disk(&src, input).await,
+                            None => api.create_disk(input).await,
+                        }
+                    }
                 })
                 .await
             {
@@ -900,7 +979,7 @@ impl Provider for EbsProvider {
             ))
         })?;
         let disk = self.wait_created(ctl, &req.name, disk, deadline).await?;
-        Ok(Self::volume_of(&disk))
+        Ok(result_volume(&disk))
     }
 
     async fn delete_volume(&self, req: VolumeRef) -> Result<()> {

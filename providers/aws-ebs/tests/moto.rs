@@ -567,3 +567,113 @@ async fn create_checks_mutable_parameters_zones_and_sizes_against_moto() {
         .expect("inventory at the end");
     assert!(added.is_empty(), "left behind: {added:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_use_copy_volumes_through_the_proxy() {
+    let Some(moto) = start_moto("clones_use_copy_volumes_through_the_proxy") else {
+        return;
+    };
+    let ec2 = moto.client().await;
+    let provider = moto_provider(&moto).await;
+    assert!(provider.info().clone);
+    let before = moto.inventory().await.expect("inventory");
+    let src = provider
+        .create_volume(create("pvc-src", 3, &[]))
+        .await
+        .expect("source");
+    let mut req = create(
+        "pvc-clone",
+        1,
+        &[
+            ("volumeType", "io1"),
+            ("iops", "150"),
+            ("tagSpecification_1", "team=clones"),
+        ],
+    );
+    req.source = Some(create_volume_request::Source::SourceVolumeId(
+        src.id.clone(),
+    ));
+    let clone = provider.create_volume(req.clone()).await.expect("clone");
+    assert_ne!(clone.id, src.id);
+    assert_eq!(
+        clone.capacity_bytes,
+        4 * GIB,
+        "io1's minimum, above the source"
+    );
+    assert_eq!(
+        clone.source,
+        Some(volume::Source::SourceVolumeId(src.id.clone()))
+    );
+    let d = describe(&ec2, &clone.id).await;
+    assert_eq!(d.availability_zone(), Some(ZONE));
+    assert_eq!(d.volume_type().map(|t| t.as_str()), Some("io1"));
+    assert_eq!(d.iops(), Some(150));
+    assert_eq!(tag(&d, NAME_TAG), Some("pvc-clone"));
+    assert_eq!(tag(&d, "team"), Some("clones"));
+    let again = provider.create_volume(req).await.expect("clone again");
+    assert_eq!(again.id, clone.id);
+    let mut missing = create("pvc-missing", 1, &[]);
+    missing.source = Some(create_volume_request::Source::SourceVolumeId(
+        "vol-0123456789abcdef0".into(),
+    ));
+    assert_eq!(
+        provider.create_volume(missing).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // The proxy's CopyVolumes on the wire, through the SDK's own encoding.
+    let copy = |size: i32, token: &str| {
+        ec2.copy_volumes()
+            .source_volume_id(&src.id)
+            .size(size)
+            .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
+            .client_token(token)
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key("k")
+                            .value("v w&x")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+    };
+    let first = copy(5, "token-1").await.expect("CopyVolumes");
+    let v = &first.volumes()[0];
+    let id = v.volume_id().expect("volume ID").to_owned();
+    assert_eq!(v.size(), Some(5));
+    assert_eq!(v.source_volume_id(), Some(src.id.as_str()));
+    assert_eq!(v.availability_zone(), Some(ZONE));
+    assert_eq!(tag(&describe(&ec2, &id).await, "k"), Some("v w&x"));
+    let second = copy(5, "token-1").await.expect("CopyVolumes again");
+    assert_eq!(second.volumes()[0].volume_id(), Some(id.as_str()));
+    use aws_sdk_ec2::error::ProvideErrorMetadata;
+    let err = copy(6, "token-1").await.unwrap_err();
+    assert_eq!(err.code(), Some("IdempotentParameterMismatch"), "{err:?}");
+    let err = copy(2, "token-2").await.unwrap_err();
+    assert_eq!(err.code(), Some("InvalidParameterValue"), "{err:?}");
+    let err = ec2
+        .copy_volumes()
+        .source_volume_id("vol-0123456789abcdef0")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidVolume.NotFound"), "{err:?}");
+
+    for id in [&clone.id, &src.id, &id] {
+        provider
+            .delete_volume(VolumeRef {
+                volume_id: id.clone(),
+            })
+            .await
+            .expect("delete");
+    }
+    let added = moto
+        .added_since(&before)
+        .await
+        .expect("inventory at the end");
+    assert!(added.is_empty(), "left behind: {added:?}");
+}

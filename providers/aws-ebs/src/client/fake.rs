@@ -74,7 +74,8 @@ struct FakeSnap {
 struct State {
     next_id: u64,
     volumes: BTreeMap<String, FakeVolume>,
-    tokens: HashMap<String, (CreateDiskInput, VolumeId)>,
+    /// ClientToken -> (what the call asked for, the volume it made).
+    tokens: HashMap<String, (String, VolumeId)>,
     instances: BTreeMap<String, (String, String)>,
     snapshots: BTreeMap<String, FakeSnap>,
 }
@@ -228,6 +229,85 @@ impl FakeEc2 {
     }
 }
 
+/// The volume an already used ClientToken made, or the mismatch error.
+fn token_hit(
+    st: &State,
+    cfg: &FakeConfig,
+    operation: &'static str,
+    token: &str,
+    key: &str,
+    now: Instant,
+) -> Option<ClientResult<Disk>> {
+    if !cfg.honour_tokens {
+        return None;
+    }
+    let (seen, id) = st.tokens.get(token)?;
+    if seen != key {
+        return Some(Err(service(
+            operation,
+            "IdempotentParameterMismatch",
+            "token reused with other parameters",
+        )));
+    }
+    Some(
+        st.volumes
+            .get(id.as_str())
+            .map(|v| v.view(now))
+            .ok_or_else(|| service(operation, "InternalError", "token maps to nothing")),
+    )
+}
+
+/// Adds a new volume (CreateVolume or CopyVolumes) and remembers its token.
+#[allow(clippy::too_many_arguments)]
+fn insert_volume(
+    st: &mut State,
+    cfg: &FakeConfig,
+    now: Instant,
+    operation: &'static str,
+    input: CreateDiskInput,
+    zone: String,
+    source_volume_id: Option<String>,
+    key: String,
+) -> ClientResult<Disk> {
+    st.next_id += 1;
+    let id =
+        VolumeId::new(&format!("vol-{:017x}", st.next_id)).map_err(|e| ClientError::Malformed {
+            operation,
+            detail: e.to_string(),
+        })?;
+    let disk = Disk {
+        id: id.clone(),
+        zone,
+        size_gib: input.size_gib,
+        volume_type: input.volume_type.clone(),
+        iops: input.iops.or((input.volume_type == "gp3").then_some(3000)),
+        throughput: input
+            .throughput
+            .or((input.volume_type == "gp3").then_some(125)),
+        encrypted: input.encrypted,
+        kms_key_id: input.kms_key_id.clone(),
+        snapshot_id: input.snapshot_id.as_ref().map(|s| s.as_str().to_owned()),
+        source_volume_id,
+        state: DiskState::Creating,
+        tags: input.tags.clone(),
+        attachments: Vec::new(),
+    };
+    let volume = FakeVolume {
+        disk,
+        ready_at: now + cfg.create_delay,
+        fails: cfg.fail_creation,
+        deleted: false,
+        attachments: Vec::new(),
+        modification: None,
+    };
+    let view = volume.view(now);
+    st.volumes.insert(id.as_str().to_owned(), volume);
+    if cfg.honour_tokens {
+        st.tokens.insert(input.client_token, (key, id));
+    }
+    Ok(view)
+}
+
 #[async_trait]
 impl Ec2Api for FakeEc2 {
     async fn create_disk(&self, input: CreateDiskInput) -> ClientResult<Disk> {
@@ -238,60 +318,70 @@ impl Ec2Api for FakeEc2 {
         let mut st = self.lock();
         let mut key = input.clone();
         key.client_token.clear();
-        if cfg.honour_tokens {
-            if let Some((seen, id)) = st.tokens.get(&input.client_token) {
-                if *seen != key {
-                    return Err(service(
-                        OP,
-                        "IdempotentParameterMismatch",
-                        "token reused with other parameters",
-                    ));
-                }
-                let id = id.as_str().to_owned();
-                return st
-                    .volumes
-                    .get(&id)
-                    .map(|v| v.view(now))
-                    .ok_or_else(|| service(OP, "InternalError", "token maps to nothing"));
-            }
+        let key = format!("{OP} {key:?}");
+        if let Some(found) = token_hit(&st, &cfg, OP, &input.client_token, &key, now) {
+            return found;
         }
-        st.next_id += 1;
-        let id = VolumeId::new(&format!("vol-{:017x}", st.next_id)).map_err(|e| {
-            ClientError::Malformed {
-                operation: OP,
-                detail: e.to_string(),
-            }
-        })?;
-        let disk = Disk {
-            id: id.clone(),
-            zone: input.zone.clone(),
-            size_gib: input.size_gib,
-            volume_type: input.volume_type.clone(),
-            iops: input.iops.or((input.volume_type == "gp3").then_some(3000)),
-            throughput: input
-                .throughput
-                .or((input.volume_type == "gp3").then_some(125)),
-            encrypted: input.encrypted,
-            kms_key_id: input.kms_key_id.clone(),
-            snapshot_id: input.snapshot_id.as_ref().map(|s| s.as_str().to_owned()),
-            state: DiskState::Creating,
-            tags: input.tags.clone(),
-            attachments: Vec::new(),
-        };
-        let volume = FakeVolume {
-            disk,
-            ready_at: now + cfg.create_delay,
-            fails: cfg.fail_creation,
-            deleted: false,
-            attachments: Vec::new(),
-            modification: None,
-        };
-        let view = volume.view(now);
-        st.volumes.insert(id.as_str().to_owned(), volume);
-        if cfg.honour_tokens {
-            st.tokens.insert(input.client_token.clone(), (key, id));
+        let zone = input.zone.clone();
+        insert_volume(&mut st, &cfg, now, OP, input, zone, None, key)
+    }
+
+    async fn copy_disk(&self, source: &VolumeId, input: CreateDiskInput) -> ClientResult<Disk> {
+        const OP: &str = "CopyVolumes";
+        self.enter(OP).await?;
+        let cfg = self.cfg();
+        let now = Instant::now();
+        let mut st = self.lock();
+        // CopyVolumes takes no zone: the copy is made where the source is.
+        let mut key = input.clone();
+        key.client_token.clear();
+        key.zone.clear();
+        let key = format!("{OP} {source} {key:?}");
+        if let Some(found) = token_hit(&st, &cfg, OP, &input.client_token, &key, now) {
+            return found;
         }
-        Ok(view)
+        let src = st
+            .volumes
+            .get(source.as_str())
+            .filter(|v| !v.deleted)
+            .map(|v| v.view(now))
+            .ok_or_else(|| {
+                service(
+                    OP,
+                    "InvalidVolume.NotFound",
+                    format!("The volume '{source}' does not exist."),
+                )
+            })?;
+        if !matches!(src.state, DiskState::Available | DiskState::InUse) {
+            return Err(service(
+                OP,
+                "IncorrectState",
+                format!("The source volume {source} is {:?}", src.state),
+            ));
+        }
+        if input.size_gib < src.size_gib {
+            return Err(service(
+                OP,
+                "InvalidParameterValue",
+                format!(
+                    "The size of the copy ({} GiB) must be at least the size of the source volume ({} GiB)",
+                    input.size_gib, src.size_gib
+                ),
+            ));
+        }
+        let mut input = input;
+        input.snapshot_id = None;
+        input.initialization_rate = None;
+        insert_volume(
+            &mut st,
+            &cfg,
+            now,
+            OP,
+            input,
+            src.zone,
+            Some(source.as_str().to_owned()),
+            key,
+        )
     }
 
     async fn delete_disk(&self, id: &VolumeId) -> ClientResult<()> {

@@ -798,7 +798,7 @@ async fn snapshots_are_idempotent_pending_then_ready_and_restorable() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn clone_is_unimplemented_and_bad_ids_are_not_found() {
+async fn a_clone_of_an_absent_volume_and_bad_ids_are_not_found() {
     let (_fake, p) = setup();
     let mut req = create_req("pvc-1", 10, &[]);
     req.source = Some(create_volume_request::Source::SourceVolumeId(
@@ -806,7 +806,7 @@ async fn clone_is_unimplemented_and_bad_ids_are_not_found() {
     ));
     assert_eq!(
         p.create_volume(req).await.unwrap_err().kind(),
-        ErrorKind::Unimplemented
+        ErrorKind::NotFound
     );
     let err = p
         .get_volume(VolumeRef {
@@ -825,6 +825,162 @@ async fn clone_is_unimplemented_and_bad_ids_are_not_found() {
     })
     .await
     .unwrap();
+}
+
+fn clone_req(name: &str, gib: i64, source: &str, params: &[(&str, &str)]) -> CreateVolumeRequest {
+    let mut req = create_req(name, gib, params);
+    req.source = Some(create_volume_request::Source::SourceVolumeId(source.into()));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_are_copies_in_the_source_zone_waited_for_and_idempotent() {
+    let (fake, p) = setup();
+    assert!(p.info().clone);
+    let src = p
+        .create_volume(create_req("pvc-src", 10, &[]))
+        .await
+        .unwrap();
+    fake.configure(|c| c.create_delay = Duration::from_secs(30));
+    let req = clone_req(
+        "pvc-clone",
+        5,
+        &src.id,
+        &[
+            ("volumeType", "io2"),
+            ("iops", "1000"),
+            ("encrypted", "true"),
+            ("tagSpecification_1", "team=a"),
+        ],
+    );
+    let v = p.create_volume(req.clone()).await.unwrap();
+    assert_eq!(v.capacity_bytes, 10 * GIB, "a copy is at least its source");
+    assert_eq!(
+        v.source,
+        Some(volume::Source::SourceVolumeId(src.id.clone()))
+    );
+    assert_eq!(fake.count("CopyVolumes"), 1);
+    let d = fake
+        .live_volumes()
+        .into_iter()
+        .find(|d| d.id.as_str() == v.id)
+        .unwrap();
+    assert_eq!(d.state, DiskState::Available, "the copy was waited for");
+    assert_eq!(d.source_volume_id.as_deref(), Some(src.id.as_str()));
+    assert_eq!(
+        (d.volume_type.as_str(), d.iops, d.encrypted),
+        ("io2", Some(1000), true)
+    );
+    assert_eq!(d.tags.get("team").map(String::as_str), Some("a"));
+    assert_eq!(d.tags.get(NAME_TAG).map(String::as_str), Some("pvc-clone"));
+    assert_eq!(d.zone, ZONE);
+    // The same request again finds the copy.
+    assert_eq!(p.create_volume(req.clone()).await.unwrap().id, v.id);
+    assert_eq!(fake.count("CopyVolumes"), 1);
+    // A larger copy.
+    let big = p
+        .create_volume(clone_req("pvc-big", 20, &src.id, &[]))
+        .await
+        .unwrap();
+    assert_eq!(big.capacity_bytes, 20 * GIB);
+
+    let copies = fake.count("CopyVolumes");
+    // Absent source.
+    let err = p
+        .create_volume(clone_req("pvc-x", 10, "vol-0000000000000dead", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // A requirement that excludes the source's zone.
+    let mut other_zone = clone_req("pvc-x", 10, &src.id, &[]);
+    other_zone.requisite = vec![Topology::from_pairs([(ZONE_KEY, "us-east-1b")])];
+    other_zone.preferred = other_zone.requisite.clone();
+    let err = p.create_volume(other_zone).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+    assert!(err.message().contains(ZONE), "{err}");
+    // A limit below the source's size.
+    let mut small = clone_req("pvc-x", 1, &src.id, &[]);
+    small.limit_bytes = 5 * GIB;
+    let err = p.create_volume(small).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange, "{err}");
+    assert_eq!(
+        fake.count("CopyVolumes"),
+        copies,
+        "refused clones reached EC2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clone_whose_token_is_burnt_moves_on() {
+    let (fake, p) = setup();
+    let src = p
+        .create_volume(create_req("pvc-src", 10, &[]))
+        .await
+        .unwrap();
+    let first = p
+        .create_volume(clone_req("pvc-c", 10, &src.id, &[]))
+        .await
+        .unwrap();
+    p.delete_volume(VolumeRef {
+        volume_id: first.id.clone(),
+    })
+    .await
+    .unwrap();
+    // Same name, other parameters: the old token is refused, the next used.
+    let second = p
+        .create_volume(clone_req("pvc-c", 10, &src.id, &[("volumeType", "gp2")]))
+        .await
+        .unwrap();
+    assert_ne!(first.id, second.id);
+    assert_eq!(fake.count("CopyVolumes"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fake_copy_volumes_models_ec2s_errors() {
+    let (fake, _p) = setup();
+    let api: &dyn Ec2Api = fake.as_ref();
+    let input = |size: i64, token: &str| CreateDiskInput {
+        zone: "us-east-1b".into(),
+        size_gib: size,
+        volume_type: "gp3".into(),
+        iops: None,
+        throughput: None,
+        encrypted: false,
+        kms_key_id: None,
+        snapshot_id: None,
+        initialization_rate: None,
+        tags: BTreeMap::new(),
+        client_token: token.into(),
+    };
+    let missing = VolumeId::new("vol-0000000000000dead").unwrap();
+    let err = api.copy_disk(&missing, input(10, "t0")).await.unwrap_err();
+    assert_eq!(err.code(), Some("InvalidVolume.NotFound"));
+    fake.configure(|c| c.create_delay = Duration::from_secs(10));
+    let src = api.create_disk(input(10, "src")).await.unwrap();
+    let err = api.copy_disk(&src.id, input(10, "t1")).await.unwrap_err();
+    assert_eq!(err.code(), Some("IncorrectState"), "source still creating");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let err = api.copy_disk(&src.id, input(5, "t2")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some("InvalidParameterValue"),
+        "smaller than the source"
+    );
+    let copy = api.copy_disk(&src.id, input(12, "t3")).await.unwrap();
+    assert_eq!(copy.state, DiskState::Creating);
+    assert_eq!(copy.zone, src.zone, "made in the source's zone");
+    assert_eq!(copy.size_gib, 12);
+    let again = api.copy_disk(&src.id, input(12, "t3")).await.unwrap();
+    assert_eq!(again.id, copy.id, "same token, same parameters");
+    let err = api.copy_disk(&src.id, input(13, "t3")).await.unwrap_err();
+    assert_eq!(err.code(), Some("IdempotentParameterMismatch"));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let done = fake
+        .live_volumes()
+        .into_iter()
+        .find(|d| d.id == copy.id)
+        .unwrap();
+    assert_eq!(done.state, DiskState::Available);
 }
 
 #[test]
