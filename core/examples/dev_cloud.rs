@@ -12,7 +12,9 @@
 //!
 //! It needs `python3 -m moto.server` (`scripts/install-test-deps`, or
 //! `pip install 'moto[server]'`), started through the EBS provider's `moto`
-//! module. The node identities are fixed in the configuration (an EC2
+//! module, which puts a small proxy in front of moto that answers EC2
+//! CopyVolumes (moto has none), so EBS clones (CreateVolume from a volume)
+//! work here too; the driver talks to the proxy. The node identities are fixed in the configuration (an EC2
 //! instance created in moto, `i-fake0001` in the fake ECS), so
 //! ControllerPublish works. Run as root, EBS node calls work too: the EBS
 //! attachment simulator watches moto and exposes each volume attached to
@@ -129,8 +131,9 @@ zone_id = "cn-hangzhou-a"
     println!("  CSI socket:   unix://{}", socket.display());
     println!("  config:       {}", config_path.display());
     println!(
-        "  EC2 (moto):   {} (instance {ec2_instance})",
-        moto.endpoint()
+        "  EC2 (moto):   {} (instance {ec2_instance}; CopyVolumes proxy in front of moto at {})",
+        moto.endpoint(),
+        moto.moto_endpoint()
     );
     match &sim {
         Some(sim) => println!(
