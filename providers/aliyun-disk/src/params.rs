@@ -407,12 +407,12 @@ impl CreateParams {
                 "aliyun-disk mutable parameter `provisionedIops` cannot be applied at creation: it needs a cloud_auto disk, and the categories are {categories}"
             )));
         }
-        if self.multi_attach {
-            if let Some(c) = self.categories.iter().find(|c| !c.supports_multi_attach()) {
-                return Err(invalid(format!(
-                    "aliyun-disk mutable parameter `category`: {c} cannot be multi-attached, and the StorageClass asks for `multiAttach`"
-                )));
-            }
+        if self.multi_attach
+            && let Some(c) = self.categories.iter().find(|c| !c.supports_multi_attach())
+        {
+            return Err(invalid(format!(
+                "aliyun-disk mutable parameter `category`: {c} cannot be multi-attached, and the StorageClass asks for `multiAttach`"
+            )));
         }
         if self.bursting_enabled.is_some() && !self.categories.contains(&Category::CloudAuto) {
             return Err(invalid(format!(

@@ -1111,15 +1111,14 @@ impl Provider for AliyunDiskProvider {
                 return Ok(Self::attach_context(&disk));
             }
             let multi = disk.is_multi_attach();
-            if let Some(capability) = &req.capability {
-                if let Some(why) =
+            if let Some(capability) = &req.capability
+                && let Some(why) =
                     omnidisk_provider_api::access::multi_node_refusal(capability, multi)
-                {
-                    return Err(ProviderError::failed_precondition(format!(
-                        "disk {}: {why}",
-                        disk.disk_id
-                    )));
-                }
+            {
+                return Err(ProviderError::failed_precondition(format!(
+                    "disk {}: {why}",
+                    disk.disk_id
+                )));
             }
             if !holders.is_empty() && !holders.iter().any(|i| i == node) {
                 if !multi {
