@@ -10,10 +10,11 @@
 //! the registrar and every sidecar; the images carry the crate version;
 //! every HTTP endpoint listens on the pod IP; the driver gets the kubelet
 //! directory it has mounted; the CSIDriver lists Ephemeral exactly where an
-//! instance serves inline volumes; and the API-gated objects (snapshot,
-//! group snapshot and attributes classes, csi-snapshotter's group snapshot
-//! gate and RBAC) appear exactly in the renderings whose cluster serves
-//! their API.
+//! instance serves inline volumes; the API-gated objects (snapshot, group
+//! snapshot and attributes classes, csi-snapshotter's group snapshot gate
+//! and RBAC) appear exactly in the renderings whose cluster serves their
+//! API; and the chart renders for the oldest supported Kubernetes, with
+//! none of the optional APIs, and refuses the release before it.
 //!
 //! The script installs its tools from PyPI and npm. When it cannot, the
 //! tests print SKIPPED, unless `OMNIDISK_REQUIRE_ALL=1`, where they fail.
@@ -76,15 +77,42 @@ impl Rendering {
     }
 }
 
+/// The oldest Kubernetes the project supports: csi-snapshotter 8.x needs
+/// 1.25 (the CEL validation rules of the v1 snapshot CRDs); the 1.34 of
+/// csi-provisioner 6.x and csi-resizer 2.x is VolumeAttributesClass's alone.
+const OLDEST_KUBERNETES: &str = "1.25.0";
+/// The first release serving storage.k8s.io/v1 VolumeAttributesClass.
+const ATTRIBUTES_CLASS_KUBERNETES: &str = "1.34.0";
+/// The newest Kubernetes the project validates against.
+const NEWEST_KUBERNETES: &str = "1.37.0";
+/// The last release before the oldest: the chart must refuse it.
+const TOO_OLD_KUBERNETES: &str = "1.24.17";
+
 const ATTRIBUTES_CLASS_API: &str = "storage.k8s.io/v1/VolumeAttributesClass";
 const SNAPSHOT_CLASS_API: &str = "snapshot.storage.k8s.io/v1/VolumeSnapshotClass";
 const GROUP_SNAPSHOT_CLASS_API: &str = "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass";
 /// csi-snapshotter 8.6.0's switch for VolumeGroupSnapshots (off by default).
 const GROUP_SNAPSHOT_GATE: &str = "--feature-gates=CSIVolumeGroupSnapshot=true";
 
+/// What `helm template --kube-version` made of one Kubernetes version
+/// (`kube-versions.tsv`).
+struct KubeVersionProbe {
+    version: String,
+    rendered: bool,
+    /// Helm's first error line when refused.
+    error: String,
+}
+
+/// What the script leaves for the tests.
+struct Validated {
+    /// The renderings, by name (`helm-aws`, ...).
+    renderings: BTreeMap<String, Rendering>,
+    kube_versions: Vec<KubeVersionProbe>,
+}
+
 enum Outcome {
-    /// The script passed; its renderings, by name (`helm-aws`, ...).
-    Passed(BTreeMap<String, Rendering>),
+    /// The script passed.
+    Passed(Validated),
     /// The tools could not be installed.
     ToolsMissing(String),
     /// The script ran and something failed.
@@ -151,15 +179,45 @@ fn outcome() -> &'static Outcome {
                 "rendering {name} listed twice"
             );
         }
-        Outcome::Passed(renderings)
+        let probes = std::fs::read_to_string(out.path().join("json/kube-versions.tsv"))
+            .expect("kube-versions.tsv");
+        let kube_versions = probes
+            .lines()
+            .map(|line| {
+                let mut fields = line.split('\t');
+                let (Some(version), Some(result), error) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    panic!("kube-versions.tsv: malformed line {line:?}");
+                };
+                assert!(
+                    ["rendered", "refused"].contains(&result),
+                    "kube-versions.tsv: {line:?}"
+                );
+                KubeVersionProbe {
+                    version: version.to_owned(),
+                    rendered: result == "rendered",
+                    error: error.unwrap_or_default().to_owned(),
+                }
+            })
+            .collect();
+        Outcome::Passed(Validated {
+            renderings,
+            kube_versions,
+        })
     })
 }
 
 /// The renderings, or `None` (after saying so) when the tools are missing
 /// and the environment does not require every test to run.
 fn renderings() -> Option<&'static BTreeMap<String, Rendering>> {
+    validated().map(|v| &v.renderings)
+}
+
+/// Everything the script left, or `None` as for [`renderings`].
+fn validated() -> Option<&'static Validated> {
     match outcome() {
-        Outcome::Passed(r) => Some(r),
+        Outcome::Passed(v) => Some(v),
         Outcome::Failed(log) => panic!("deploy/test/validate failed:\n{log}"),
         Outcome::ToolsMissing(log) => {
             if std::env::var("OMNIDISK_REQUIRE_ALL").as_deref() == Ok("1") {
@@ -387,7 +445,12 @@ fn validation_script_passes() {
         let rendering = &renderings[*expected];
         assert!(!rendering.docs.is_empty(), "rendering {expected} is empty");
         assert!(
-            ["1.34.0", "1.37.0"].contains(&rendering.kube_version.as_str()),
+            [
+                OLDEST_KUBERNETES,
+                ATTRIBUTES_CLASS_KUBERNETES,
+                NEWEST_KUBERNETES
+            ]
+            .contains(&rendering.kube_version.as_str()),
             "{expected}: rendered for Kubernetes {}",
             rendering.kube_version
         );
@@ -1049,9 +1112,12 @@ fn api_gated_objects_appear_exactly_where_their_api_is_served() {
             (GROUP_SNAPSHOT_CLASS_API, "VolumeGroupSnapshotClass"),
         ] {
             let count = count_kind(rendering, kind);
+            // The LVM values define no VolumeAttributesClass.
+            let none_defined =
+                no_classes || (kind == "VolumeAttributesClass" && origin.contains("lvm"));
             if !rendering.serves(api) {
                 assert_eq!(count, 0, "{origin}: {kind} without {api}");
-            } else if !no_classes && !(kind == "VolumeAttributesClass" && origin.contains("lvm")) {
+            } else if !none_defined {
                 assert!(count > 0, "{origin}: no {kind} although {api} is served");
                 served += 1;
             }
@@ -1095,4 +1161,107 @@ fn api_gated_objects_appear_exactly_where_their_api_is_served() {
         }
     }
     assert!(served >= 20, "only {served} served kinds checked");
+}
+
+/// `kubeVersion` from the chart's Chart.yaml.
+fn chart_kube_version() -> String {
+    let path = repo_root().join("deploy/helm/omnidisk/Chart.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeVersion:"))
+        .unwrap_or_else(|| panic!("{}: no kubeVersion", path.display()));
+    line.trim().trim_matches('"').to_owned()
+}
+
+#[test]
+fn chart_renders_from_the_oldest_supported_kubernetes_and_refuses_older() {
+    let Some(validated) = validated() else {
+        return;
+    };
+    // The chart states the floor the renderings and the README use; "-0"
+    // admits vendor builds such as 1.25.0-eks-1.
+    assert_eq!(
+        chart_kube_version(),
+        format!(">={OLDEST_KUBERNETES}-0"),
+        "Chart.yaml kubeVersion"
+    );
+
+    let probe = |version: &str| {
+        validated
+            .kube_versions
+            .iter()
+            .find(|p| p.version == version)
+            .unwrap_or_else(|| panic!("Kubernetes {version} was not probed"))
+    };
+    for version in [
+        OLDEST_KUBERNETES,
+        &format!("{OLDEST_KUBERNETES}-eks-1"),
+        NEWEST_KUBERNETES,
+    ] {
+        let p = probe(version);
+        assert!(
+            p.rendered,
+            "the chart refuses Kubernetes {version}: {}",
+            p.error
+        );
+    }
+    let too_old = probe(TOO_OLD_KUBERNETES);
+    assert!(
+        !too_old.rendered,
+        "the chart renders for Kubernetes {TOO_OLD_KUBERNETES}, older than {OLDEST_KUBERNETES}"
+    );
+    assert!(
+        too_old.error.contains("requires kubeVersion")
+            && too_old.error.contains(&format!("v{TOO_OLD_KUBERNETES}")),
+        "Kubernetes {TOO_OLD_KUBERNETES} refused for another reason: {}",
+        too_old.error
+    );
+
+    // Every chart variant renders for the oldest with none of the optional
+    // APIs, and nothing is rendered for an older cluster.
+    let renderings = &validated.renderings;
+    let oldest: Vec<&str> = renderings
+        .iter()
+        .filter(|(name, r)| name.starts_with("helm-") && r.kube_version == OLDEST_KUBERNETES)
+        .map(|(name, r)| {
+            assert!(
+                r.apis.is_empty(),
+                "{name}: the oldest cluster serves {:?}",
+                r.apis
+            );
+            assert!(!r.docs.is_empty(), "{name} is empty");
+            name.as_str()
+        })
+        .collect();
+    for mix in [
+        "helm-default",
+        "helm-aws",
+        "helm-aliyun",
+        "helm-lvm",
+        "helm-mixed",
+    ] {
+        assert!(
+            oldest.contains(&mix),
+            "{mix} is not rendered for Kubernetes {OLDEST_KUBERNETES}: {oldest:?}"
+        );
+    }
+    for (name, r) in renderings {
+        assert!(
+            version_key(&r.kube_version) >= version_key(OLDEST_KUBERNETES),
+            "{name}: rendered for Kubernetes {}, older than the oldest supported",
+            r.kube_version
+        );
+    }
+}
+
+/// `major.minor.patch` as numbers, for ordering.
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split('.')
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|e| panic!("version {version:?}: {e}"))
+        })
+        .collect()
 }
