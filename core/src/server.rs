@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::Driver;
@@ -73,8 +74,14 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+mod authority;
+
 /// Serves Identity, Controller, GroupController and (in node/all mode)
 /// Node on `listener` until `shutdown` completes.
+///
+/// Every connection goes through [`authority::AuthorityFix`], so clients
+/// that send the socket path (or nothing) as the HTTP/2 `:authority` are
+/// served like those that send `localhost`.
 pub async fn serve(
     driver: Arc<Driver>,
     listener: UnixListener,
@@ -93,7 +100,11 @@ pub async fn serve(
             driver.clone(),
         )))
         .add_optional_service(node)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener)
+                .map(|accepted| accepted.map(authority::AuthorityFix::new)),
+            shutdown,
+        )
         .await
         .map_err(ServeError::Transport)
 }
