@@ -119,6 +119,8 @@ pub struct Disk {
     pub snapshot_id: Option<String>,
     /// The volume this one was copied from (CopyVolumes), if any.
     pub source_volume_id: Option<String>,
+    /// EBS Multi-Attach is enabled.
+    pub multi_attach: bool,
     /// Lifecycle state.
     pub state: DiskState,
     /// Its tags.
@@ -151,6 +153,8 @@ pub struct CreateDiskInput {
     /// Tags set at creation.
     pub tags: BTreeMap<String, String>,
     /// EC2's idempotency token.
+    /// EBS Multi-Attach (io1/io2).
+    pub multi_attach: bool,
     pub client_token: String,
 }
 
@@ -628,6 +632,7 @@ fn disk_from_sdk(operation: &'static str, v: &sdk::Volume) -> ClientResult<Disk>
             .source_volume_id()
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
+        multi_attach: v.multi_attach_enabled().unwrap_or(false),
         state: DiskState::parse(v.state().map(|s| s.as_str()).unwrap_or("")),
         tags: tags_of(v.tags()),
         attachments: v
@@ -719,6 +724,7 @@ impl Ec2Api for SdkEc2 {
             .set_kms_key_id(input.kms_key_id.clone())
             .set_snapshot_id(input.snapshot_id.as_ref().map(|s| s.as_str().to_owned()))
             .set_volume_initialization_rate(input.initialization_rate)
+            .set_multi_attach_enabled(input.multi_attach.then_some(true))
             .client_token(&input.client_token);
         if !input.tags.is_empty() {
             req = req.tag_specifications(
@@ -757,6 +763,7 @@ impl Ec2Api for SdkEc2 {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
             source_volume_id: None,
+            multi_attach: out.multi_attach_enabled().unwrap_or(input.multi_attach),
             state: DiskState::parse(out.state().map(|s| s.as_str()).unwrap_or("creating")),
             tags: tags_of(out.tags()),
             attachments: Vec::new(),
@@ -775,6 +782,7 @@ impl Ec2Api for SdkEc2 {
             .set_iops(input.iops)
             .set_throughput(input.throughput)
             .set_kms_key_id(input.kms_key_id.clone())
+            .set_multi_attach_enabled(input.multi_attach.then_some(true))
             .client_token(&input.client_token);
         if input.encrypted {
             req = req.encrypted(true);

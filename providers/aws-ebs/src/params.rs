@@ -4,7 +4,8 @@
 //! filesystem keys (the node formats), so what is left here is EBS's own:
 //! `volumeType`, `iops`, `iopsPerGB`, `allowAutoIOPSPerGBIncrease`,
 //! `throughput`, `encrypted`, `kmsKeyId`, `tagSpecification_N`,
-//! `volumeInitializationRate` and the deprecated, ignored `blockExpress`.
+//! `volumeInitializationRate`, `multiAttach` (io1/io2) and the deprecated,
+//! ignored `blockExpress`.
 //! Keys match case-insensitively; unknown keys are refused by name.
 
 use std::collections::BTreeMap;
@@ -125,6 +126,11 @@ impl VolumeType {
         }
     }
 
+    /// True for the types EBS Multi-Attach supports (io1, io2).
+    pub fn multi_attach(self) -> bool {
+        matches!(self, VolumeType::Io1 | VolumeType::Io2)
+    }
+
     /// True when IOPS must be given (io1, io2).
     pub fn requires_iops(self) -> bool {
         matches!(self, VolumeType::Io1 | VolumeType::Io2)
@@ -180,6 +186,8 @@ pub struct VolumeParams {
     pub tags: BTreeMap<String, String>,
     /// Restore rate in MiB/s when created from a snapshot.
     pub initialization_rate: Option<i32>,
+    /// EBS Multi-Attach (io1/io2 only).
+    pub multi_attach: bool,
 }
 
 /// A fully resolved volume spec: what goes to CreateVolume except size,
@@ -198,6 +206,8 @@ pub struct ResolvedSpec {
     pub kms_key_id: Option<String>,
     /// Initialization rate.
     pub initialization_rate: Option<i32>,
+    /// EBS Multi-Attach.
+    pub multi_attach: bool,
 }
 
 const WHAT: &str = "aws-ebs StorageClass parameter";
@@ -267,6 +277,7 @@ impl VolumeParams {
             "volumeInitializationRate",
             p.take_parsed::<i32>("volumeInitializationRate")?,
         )?;
+        let multi_attach = p.take_bool("multiAttach")?.unwrap_or(false);
         // Deprecated upstream and meaningless now that io2 is always Block Express.
         let _ = p.take("blockExpress");
         let mut tags = BTreeMap::new();
@@ -307,6 +318,7 @@ impl VolumeParams {
             kms_key_id,
             tags,
             initialization_rate,
+            multi_attach,
         };
         params.check_type()?;
         Ok(params)
@@ -329,6 +341,11 @@ impl VolumeParams {
         if self.throughput.is_some() && limits.throughput.is_none() {
             return Err(ProviderError::invalid_argument(format!(
                 "volume type {volume_type} does not take `throughput`"
+            )));
+        }
+        if self.multi_attach && !volume_type.multi_attach() {
+            return Err(ProviderError::invalid_argument(format!(
+                "`multiAttach` needs volume type io1 or io2 (EBS Multi-Attach), not {volume_type}"
             )));
         }
         Ok(())
@@ -413,6 +430,7 @@ impl VolumeParams {
             encrypted: self.encrypted,
             kms_key_id: self.kms_key_id.clone(),
             initialization_rate: self.initialization_rate,
+            multi_attach: self.multi_attach,
         })
     }
 }
@@ -427,7 +445,7 @@ pub fn spec_fingerprint(
     tags: &BTreeMap<String, String>,
 ) -> String {
     let mut h = Sha256::new();
-    let fields = [
+    let mut fields = vec![
         ("type", spec.volume_type.as_str().to_owned()),
         ("iops", spec.iops.map(|v| v.to_string()).unwrap_or_default()),
         (
@@ -445,6 +463,10 @@ pub fn spec_fingerprint(
         ("zone", zone.to_owned()),
         ("snapshot", snapshot.unwrap_or_default().to_owned()),
     ];
+    // Only when set, so fingerprints of volumes made before it existed hold.
+    if spec.multi_attach {
+        fields.push(("multiAttach", "true".to_owned()));
+    }
     for (k, v) in fields
         .iter()
         .map(|(k, v)| (*k, v.as_str()))
@@ -687,6 +709,12 @@ mod tests {
             vec![("tagSpecification_1", "novalue")],
             vec![("tagSpecification_1", "CSIVolumeName=x")],
             vec![("multiAttach", "true")],
+            vec![("volumeType", "gp2"), ("multiAttach", "true")],
+            vec![
+                ("volumeType", "io2"),
+                ("iops", "100"),
+                ("multiAttach", "yes please"),
+            ],
         ] {
             let err = VolumeParams::parse(&map(&bad)).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:?}");

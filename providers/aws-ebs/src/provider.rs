@@ -57,6 +57,9 @@ pub const DEVICE_PATH_KEY: &str = "devicePath";
 /// is asked again (device names this provider hands out are tracked
 /// in-process on top of it).
 const INSTANCE_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Instances one Multi-Attach volume can be attached to at once (EC2's
+/// limit, Nitro instances in one zone).
+const MULTI_ATTACH_LIMIT: usize = 16;
 /// Retries with a fresh token after EC2 reports a burnt one.
 const TOKEN_ATTEMPTS: u32 = 3;
 
@@ -259,7 +262,7 @@ impl EbsProvider {
                         .clone()
                         .map(volume::Source::SourceVolumeId)
                 }),
-            multi_attach: false,
+            multi_attach: disk.multi_attach,
         }
     }
 
@@ -790,6 +793,9 @@ impl Provider for EbsProvider {
                 AccessMode::SingleNodeReaderOnly as i32,
                 AccessMode::SingleNodeSingleWriter as i32,
                 AccessMode::SingleNodeMultiWriter as i32,
+                AccessMode::MultiNodeReaderOnly as i32,
+                AccessMode::MultiNodeSingleWriter as i32,
+                AccessMode::MultiNodeMultiWriter as i32,
             ],
             group_snapshots: false,
         }
@@ -817,6 +823,7 @@ impl Provider for EbsProvider {
         // ControllerModifyVolume, checked before anything is created.
         let mutable = ModifyParams::parse(&req.mutable_parameters)?;
         params.apply_mutable(&mutable)?;
+        omnidisk_provider_api::access::check_multi_node(&req.capabilities, params.multi_attach)?;
         if params.initialization_rate.is_some() && snapshot.is_none() {
             return Err(ProviderError::invalid_argument(
                 "`volumeInitializationRate` applies only to volumes restored from a snapshot",
@@ -932,6 +939,7 @@ impl Provider for EbsProvider {
             kms_key_id: spec.kms_key_id.clone(),
             snapshot_id: snapshot.clone(),
             initialization_rate: spec.initialization_rate,
+            multi_attach: spec.multi_attach,
             tags,
             client_token: String::new(),
         };
@@ -1169,6 +1177,14 @@ impl Provider for EbsProvider {
             .await?
             .ok_or_else(|| ProviderError::not_found(format!("volume {id} not found")))?;
         wanted.check(&disk.volume_type, disk.size_gib)?;
+        if let Some(t) = wanted
+            .volume_type
+            .filter(|t| disk.multi_attach && !t.multi_attach())
+        {
+            return Err(ProviderError::invalid_argument(format!(
+                "volume {id} is a Multi-Attach volume and cannot become {t} (io1 or io2 only)"
+            )));
+        }
         let deadline = self.deadline(self.settings.waits.modify_seconds);
         if wanted.tags.iter().any(|(k, v)| disk.tags.get(k) != Some(v)) {
             ctl.retrier
@@ -1245,13 +1261,21 @@ impl Provider for EbsProvider {
             .filter(|a| a.instance_id != node.as_str() && a.state != AttachState::Detached)
             .map(|a| a.instance_id.as_str())
             .collect();
-        if !elsewhere.is_empty() {
+        if !disk.multi_attach && !elsewhere.is_empty() {
             return Err(ProviderError::failed_precondition(format!(
-                "volume {vol} is attached to {}",
+                "volume {vol} is attached to {} and is not a Multi-Attach volume",
                 elsewhere.join(", ")
             )));
         }
-        if disk.state != DiskState::Available {
+        if disk.multi_attach && elsewhere.len() >= MULTI_ATTACH_LIMIT {
+            return Err(ProviderError::resource_exhausted(format!(
+                "Multi-Attach volume {vol} is already attached to {} instances, EC2's limit",
+                elsewhere.len()
+            )));
+        }
+        let usable = disk.state == DiskState::Available
+            || (disk.multi_attach && disk.state == DiskState::InUse);
+        if !usable {
             return Err(ProviderError::new(
                 ErrorKind::Aborted,
                 format!("volume {vol} is {:?}, not available", disk.state),

@@ -677,3 +677,49 @@ async fn clones_use_copy_volumes_through_the_proxy() {
         .expect("inventory at the end");
     assert!(added.is_empty(), "left behind: {added:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_attach_volumes_against_moto() {
+    let Some(moto) = start_moto("multi_attach_volumes_against_moto") else {
+        return;
+    };
+    let ec2 = moto.client().await;
+    let provider = moto_provider(&moto).await;
+    let mut req = create(
+        "pvc-shared",
+        10,
+        &[
+            ("volumeType", "io2"),
+            ("iops", "1000"),
+            ("multiAttach", "true"),
+        ],
+    );
+    req.capabilities = vec![Capability {
+        access_type: AccessType::Block as i32,
+        access_mode: AccessMode::MultiNodeMultiWriter as i32,
+        fs_type: String::new(),
+    }];
+    let vol = provider.create_volume(req).await.expect("create");
+    assert!(vol.multi_attach);
+    assert_eq!(
+        describe(&ec2, &vol.id).await.multi_attach_enabled(),
+        Some(true)
+    );
+    let status = provider
+        .get_volume(VolumeRef {
+            volume_id: vol.id.clone(),
+        })
+        .await
+        .expect("get");
+    assert!(status.volume.expect("volume").multi_attach);
+    let err = provider
+        .create_volume(create("pvc-gp3-shared", 10, &[("multiAttach", "true")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("gp3"), "{err}");
+    provider
+        .delete_volume(VolumeRef { volume_id: vol.id })
+        .await
+        .expect("delete");
+}

@@ -13,6 +13,9 @@ use tokio::time::Instant;
 
 use super::*;
 
+/// Instances one Multi-Attach volume can be attached to at once.
+const MULTI_ATTACH_LIMIT: usize = 16;
+
 /// Knobs of the fake.
 #[derive(Debug, Clone)]
 pub(crate) struct FakeConfig {
@@ -288,6 +291,7 @@ fn insert_volume(
         kms_key_id: input.kms_key_id.clone(),
         snapshot_id: input.snapshot_id.as_ref().map(|s| s.as_str().to_owned()),
         source_volume_id,
+        multi_attach: input.multi_attach,
         state: DiskState::Creating,
         tags: input.tags.clone(),
         attachments: Vec::new(),
@@ -476,16 +480,41 @@ impl Ec2Api for FakeEc2 {
             .filter(|v| !v.deleted)
             .ok_or_else(|| service(OP, "InvalidVolume.NotFound", "no such volume"))?;
         let view = v.view(now);
-        if view.state != DiskState::Available {
+        // An attached volume is in-use: the attachment checks below answer
+        // for it (VolumeInUse unless Multi-Attach).
+        if !matches!(view.state, DiskState::Available | DiskState::InUse) {
             return Err(service(
                 OP,
                 "IncorrectState",
                 format!("vol is {:?}", view.state),
             ));
         }
-        // Real EC2 refuses a second attachment of a non-multi-attach volume.
-        if !view.attachments.is_empty() {
-            return Err(service(OP, "VolumeInUse", "already attached"));
+        if view
+            .attachments
+            .iter()
+            .any(|a| a.instance_id == instance.as_str())
+        {
+            return Err(service(
+                OP,
+                "VolumeInUse",
+                format!("{id} is already attached to {instance}"),
+            ));
+        }
+        // Real EC2 refuses a second attachment of a non-multi-attach volume,
+        // and a 17th of a multi-attach one.
+        if !view.multi_attach && !view.attachments.is_empty() {
+            return Err(service(
+                OP,
+                "VolumeInUse",
+                format!("{id} is already attached"),
+            ));
+        }
+        if view.attachments.len() >= MULTI_ATTACH_LIMIT {
+            return Err(service(
+                OP,
+                "AttachmentLimitExceeded",
+                format!("{id} is attached to {MULTI_ATTACH_LIMIT} instances"),
+            ));
         }
         v.attachments.push(FakeAttachment {
             instance: instance.as_str().to_owned(),

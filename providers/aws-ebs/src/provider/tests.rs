@@ -949,6 +949,7 @@ async fn the_fake_copy_volumes_models_ec2s_errors() {
         kms_key_id: None,
         snapshot_id: None,
         initialization_rate: None,
+        multi_attach: false,
         tags: BTreeMap::new(),
         client_token: token.into(),
     };
@@ -981,6 +982,167 @@ async fn the_fake_copy_volumes_models_ec2s_errors() {
         .find(|d| d.id == copy.id)
         .unwrap();
     assert_eq!(done.state, DiskState::Available);
+}
+
+fn capability(access: AccessType, mode: AccessMode) -> Capability {
+    Capability {
+        access_type: access as i32,
+        access_mode: mode as i32,
+        fs_type: String::new(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_attach_is_io1_io2_only_and_checks_capabilities() {
+    let (fake, p) = setup();
+    let info = p.info();
+    for mode in [
+        AccessMode::MultiNodeReaderOnly,
+        AccessMode::MultiNodeSingleWriter,
+        AccessMode::MultiNodeMultiWriter,
+    ] {
+        assert!(info.access_modes.contains(&(mode as i32)), "{mode:?}");
+    }
+    // (parameters, capability, text of the refusal)
+    let refused: [(&[(&str, &str)], Capability, &str); 3] = [
+        (
+            &[("multiAttach", "true")],
+            capability(AccessType::Block, AccessMode::MultiNodeMultiWriter),
+            "gp3",
+        ),
+        (
+            &[
+                ("volumeType", "io2"),
+                ("iops", "1000"),
+                ("multiAttach", "true"),
+            ],
+            capability(AccessType::Mount, AccessMode::MultiNodeMultiWriter),
+            "block volumes only",
+        ),
+        (
+            &[("volumeType", "io2"), ("iops", "1000")],
+            capability(AccessType::Block, AccessMode::MultiNodeMultiWriter),
+            "multiAttach",
+        ),
+    ];
+    for (params, cap, text) in refused {
+        let mut req = create_req("pvc-ma", 10, params);
+        req.capabilities = vec![cap];
+        let err = p.create_volume(req).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{params:?}: {err}");
+        assert!(err.message().contains(text), "{params:?}: {err}");
+    }
+    assert!(fake.live_volumes().is_empty());
+    let mut req = create_req(
+        "pvc-ma",
+        10,
+        &[
+            ("volumeType", "io1"),
+            ("iops", "500"),
+            ("multiAttach", "true"),
+        ],
+    );
+    req.capabilities = vec![capability(
+        AccessType::Mount,
+        AccessMode::MultiNodeReaderOnly,
+    )];
+    let v = p.create_volume(req).await.unwrap();
+    assert!(v.multi_attach);
+    assert!(fake.live_volumes()[0].multi_attach);
+    let plain = p
+        .create_volume(create_req("pvc-plain", 10, &[]))
+        .await
+        .unwrap();
+    assert!(!plain.multi_attach);
+    // A Multi-Attach volume keeps an io type.
+    let err = p
+        .modify_volume(ModifyVolumeRequest {
+            volume_id: v.id,
+            mutable_parameters: map(&[("volumeType", "gp3")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_attach_volumes_attach_to_up_to_16_nodes_and_detach_one_at_a_time() {
+    let (fake, p) = setup();
+    let nodes: Vec<String> = (0..17).map(|i| format!("i-{:017x}", 0x100 + i)).collect();
+    for n in &nodes {
+        fake.add_instance(n, ZONE);
+    }
+    let v = p
+        .create_volume(create_req(
+            "pvc-ma",
+            10,
+            &[
+                ("volumeType", "io2"),
+                ("iops", "1000"),
+                ("multiAttach", "true"),
+            ],
+        ))
+        .await
+        .unwrap();
+    for n in &nodes[..16] {
+        p.attach_volume(attach_req(&v.id, n)).await.unwrap();
+    }
+    let status = p
+        .get_volume(VolumeRef {
+            volume_id: v.id.clone(),
+        })
+        .await
+        .unwrap();
+    let mut published = status.published_nodes.clone();
+    published.sort();
+    assert_eq!(published, nodes[..16].to_vec());
+    let err = p
+        .attach_volume(attach_req(&v.id, &nodes[16]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+    // Attaching to a node it is on again is idempotent.
+    p.attach_volume(attach_req(&v.id, &nodes[0])).await.unwrap();
+    p.detach_volume(DetachRequest {
+        volume_id: v.id.clone(),
+        node_id: nodes[0].clone(),
+    })
+    .await
+    .unwrap();
+    let listed = p.list_volumes(ListRequest::default()).await.unwrap();
+    let entry = listed
+        .entries
+        .iter()
+        .find(|e| e.volume.as_ref().is_some_and(|x| x.id == v.id))
+        .unwrap();
+    assert_eq!(entry.published_nodes.len(), 15);
+    assert!(!entry.published_nodes.contains(&nodes[0]));
+    assert!(entry.volume.as_ref().unwrap().multi_attach);
+    p.attach_volume(attach_req(&v.id, &nodes[16]))
+        .await
+        .unwrap();
+
+    // A volume without Multi-Attach: the provider refuses a second node,
+    // and so does the fake EC2 behind its back.
+    let plain = p
+        .create_volume(create_req("pvc-plain", 10, &[]))
+        .await
+        .unwrap();
+    p.attach_volume(attach_req(&plain.id, NODE_A))
+        .await
+        .unwrap();
+    let err = p
+        .attach_volume(attach_req(&plain.id, NODE_B))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    let id = VolumeId::new(&plain.id).unwrap();
+    let node_b = InstanceId::new(NODE_B).unwrap();
+    let err = fake
+        .attach_disk(&id, &node_b, "/dev/xvdbz")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("VolumeInUse"));
 }
 
 #[test]
