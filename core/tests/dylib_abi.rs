@@ -19,7 +19,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use omnidisk::plugin::{PluginError, load};
 use omnidisk_provider_api::ffi::abi::{ABI_MAJOR, ABI_MINOR, AbiVersion};
@@ -37,6 +37,7 @@ struct Built {
     no_entry: PathBuf,
     newer_minor: PathBuf,
     abi_1_0: PathBuf,
+    torn_table: PathBuf,
 }
 
 fn workspace_root() -> PathBuf {
@@ -126,6 +127,13 @@ fn built() -> &'static Built {
                 &["abi-1-0"],
                 &stash,
                 "abi-1-0.so",
+            ),
+            torn_table: cargo_build(
+                "misbehaving",
+                misbehaving,
+                &["torn-table"],
+                &stash,
+                "torn-table.so",
             ),
         }
     })
@@ -589,6 +597,66 @@ fn a_hung_call_ends_with_deadline_exceeded_and_the_executor_stays_free() {
 }
 
 #[test]
+fn a_first_poll_blocking_its_thread_leaves_the_driver_serving() {
+    let Some(dir) = plugin_dir() else { return };
+    // The driver's own runtime is multi-threaded; so is this one.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let timeout = Duration::from_millis(400);
+    rt.block_on(async {
+        let p = load_misbehaving(
+            dir.path(),
+            "blocker",
+            "behaviour = \"block\"\nblock_ms = 1500",
+            timeout,
+        )
+        .await;
+        let started = Instant::now();
+        // Its first poll sleeps 1.5 s on whichever driver thread polls it.
+        let blocked = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.create_volume(volume_request("v", MIB)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Other calls on the same instance answer meanwhile.
+        for _ in 0..20 {
+            let p = Arc::clone(&p);
+            let info = tokio::spawn(async move { p.node_info().await });
+            assert_eq!(info.await.unwrap().unwrap().node_id, "node-a");
+        }
+        let meanwhile = started.elapsed();
+        assert!(
+            meanwhile < Duration::from_millis(1000),
+            "other calls waited for the blocked thread: {meanwhile:?}"
+        );
+        // The library is now known to block: a call that blocks again does so
+        // on the blocking pool and fails within the call timeout.
+        let again = Instant::now();
+        let err = p.create_volume(volume_request("w", MIB)).await.unwrap_err();
+        let took = again.elapsed();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(300),
+            "the second blocked call took {took:?}"
+        );
+        // The first one could only end when its thread came back; it overran
+        // the timeout and says so.
+        let first = blocked.await.unwrap().unwrap_err();
+        assert_eq!(first.kind(), ErrorKind::DeadlineExceeded, "{first}");
+        assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
+    });
+    rt.shutdown_background();
+    let logs = logged();
+    assert!(
+        logs.contains("blocked a driver thread in the first poll") && logs.contains("blocker"),
+        "{logs}"
+    );
+}
+
+#[test]
 fn calls_that_wait_finish_on_the_dylibs_threads() {
     let Some(dir) = plugin_dir() else { return };
     run(async {
@@ -661,6 +729,85 @@ fn an_abi_1_0_library_is_served_through_its_blocking_entry() {
         assert_eq!(hung.node_info().await.unwrap().node_id, "node-a");
     });
     assert!(logged().contains("abi=1.0"), "{}", logged());
+}
+
+#[test]
+fn a_table_size_ending_inside_a_field_leaves_that_field_absent() {
+    let Some(dir) = plugin_dir() else { return };
+    let torn = &built().torn_table;
+    run(async {
+        // The library says 1.2 but its size stops 3 bytes short of the end
+        // of `start`: reading those 5 bytes would make a torn pointer. The
+        // host sees no `start` and serves it through the blocking `call`.
+        let p = load_built(
+            dir.path(),
+            torn,
+            "libtorn.so",
+            "torn",
+            "behaviour = \"slow\"",
+            CALL_TIMEOUT,
+        )
+        .await;
+        let v = p.create_volume(volume_request("v", MIB)).await.unwrap();
+        assert_eq!((v.id.as_str(), v.capacity_bytes), ("v", MIB));
+        assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
+    });
+}
+
+#[test]
+fn a_second_completion_or_one_after_answering_is_ignored() {
+    let Some(dir) = plugin_dir() else { return };
+    // `complete-twice` completes a pending call, then again with the same
+    // (by then freed) buffer; `complete-after-answer` answers at once and
+    // then completes too. Taking either as an answer would free twice.
+    for (instance, behaviour) in [
+        ("twice", "complete-twice"),
+        ("afteranswer", "complete-after-answer"),
+    ] {
+        run(async {
+            let settings = format!("behaviour = \"{behaviour}\"");
+            let p = load_misbehaving(dir.path(), instance, &settings, CALL_TIMEOUT).await;
+            for i in 0..20 {
+                let name = format!("v{i}");
+                let v = p
+                    .create_volume(volume_request(&name, MIB + i))
+                    .await
+                    .unwrap();
+                assert_eq!((v.id.as_str(), v.capacity_bytes), (name.as_str(), MIB + i));
+            }
+            // Let the late completions arrive before looking.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
+        });
+    }
+    let logs = logged();
+    assert!(
+        logs.contains("completed a call that is not pending"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn unreadable_buffers_are_internal_errors_naming_the_library() {
+    let Some(dir) = plugin_dir() else { return };
+    for (instance, behaviour, said) in [
+        ("nullbuf", "null-buffer", "a null buffer claiming 16 bytes"),
+        ("hugebuf", "huge-buffer", "more than the 67108864"),
+    ] {
+        run(async {
+            let settings = format!("behaviour = \"{behaviour}\"");
+            let p = load_misbehaving(dir.path(), instance, &settings, CALL_TIMEOUT).await;
+            let err = p.create_volume(volume_request("v", MIB)).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Internal);
+            assert!(
+                err.message().contains(said)
+                    && err.message().contains("libmisbehaving.so")
+                    && err.message().contains("create_volume"),
+                "{err}"
+            );
+            assert_eq!(p.node_info().await.unwrap().node_id, "node-a");
+        });
+    }
 }
 
 #[test]

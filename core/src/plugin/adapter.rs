@@ -1,10 +1,12 @@
 //! [`DylibProvider`]: a loaded instance behind the `Provider` trait.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use omnidisk_provider_api::ffi::abi::{
@@ -33,6 +35,25 @@ unsafe impl Send for RawInstance {}
 // SAFETY: as above; the struct is immutable.
 unsafe impl Sync for RawInstance {}
 
+/// The largest buffer the host reads from a library. Messages of the ABI are
+/// small; a larger length is a library bug, refused before any slice is
+/// made of it.
+pub(super) const MAX_BUFFER_LEN: usize = 64 << 20;
+
+/// Checks a pointer and length a library handed over before the host makes
+/// a slice of them: why they cannot be read, or `None`.
+pub(super) fn unreadable(ptr_is_null: bool, len: usize) -> Option<String> {
+    if ptr_is_null && len != 0 {
+        Some(format!("a null buffer claiming {len} bytes"))
+    } else if len > MAX_BUFFER_LEN {
+        Some(format!(
+            "a buffer of {len} bytes, more than the {MAX_BUFFER_LEN} the driver accepts"
+        ))
+    } else {
+        None
+    }
+}
+
 /// What a call produced, before it is turned into a result.
 enum Outcome<T> {
     Response(T),
@@ -40,6 +61,8 @@ enum Outcome<T> {
     Failed(Status, ProviderError),
     UnknownMethod,
     UnknownStatus(u32),
+    /// The library's buffer could not be read (see [`unreadable`]).
+    BadBuffer(String),
 }
 
 impl RawInstance {
@@ -63,23 +86,29 @@ impl RawInstance {
     /// Decodes what the dylib answered while its buffer is still borrowed,
     /// then returns the buffer to the dylib.
     fn outcome<T: Message + Default>(self, status: u32, out: PluginBuf) -> Outcome<T> {
-        let bytes: &[u8] = if out.ptr.is_null() {
-            &[]
+        let outcome = if let Some(reason) = unreadable(out.ptr.is_null(), out.len) {
+            Outcome::BadBuffer(reason)
         } else {
-            // SAFETY: the dylib handed over `len` initialised bytes that stay
-            // valid until they are freed below.
-            unsafe { std::slice::from_raw_parts(out.ptr, out.len) }
+            let bytes: &[u8] = if out.len == 0 {
+                &[]
+            } else {
+                // SAFETY: non-null and at most MAX_BUFFER_LEN (checked
+                // above); the dylib handed over `len` initialised bytes that
+                // stay valid until they are freed below.
+                unsafe { std::slice::from_raw_parts(out.ptr, out.len) }
+            };
+            match Status::from_u32(status) {
+                Some(Status::Ok) => match T::decode(bytes) {
+                    Ok(response) => Outcome::Response(response),
+                    Err(e) => Outcome::Malformed(e),
+                },
+                Some(Status::UnknownMethod) => Outcome::UnknownMethod,
+                Some(other) => Outcome::Failed(other, decode_abi_error(bytes)),
+                None => Outcome::UnknownStatus(status),
+            }
         };
-        let outcome = match Status::from_u32(status) {
-            Some(Status::Ok) => match T::decode(bytes) {
-                Ok(response) => Outcome::Response(response),
-                Err(e) => Outcome::Malformed(e),
-            },
-            Some(Status::UnknownMethod) => Outcome::UnknownMethod,
-            Some(other) => Outcome::Failed(other, decode_abi_error(bytes)),
-            None => Outcome::UnknownStatus(status),
-        };
-        // SAFETY: returned to its allocator exactly once, after its last use.
+        // SAFETY: returned to its allocator exactly once, after its last use
+        // (an unreadable one too: it is the dylib's to make sense of).
         unsafe { (self.free_buf)(out) };
         outcome
     }
@@ -95,32 +124,196 @@ struct Answer {
 // thread-safe `free_buf` by whichever thread ends up owning it.
 unsafe impl Send for Answer {}
 
-/// The context of a pending call: where its answer goes, and the count of
-/// unfinished calls it holds a place in until the dylib answers.
+/// A pending call: where its answer goes, and the count of unfinished calls
+/// it holds a place in until the dylib answers.
 struct PendingCall {
     answer: oneshot::Sender<Answer>,
     free_buf: FreeBufFn,
     _unfinished: Unfinished,
+    /// Set while the first poll runs on a driver executor thread: since
+    /// when, and whose calls to move off that thread if it takes too long.
+    polling: Option<(Instant, Arc<FirstPolls>)>,
 }
 
-/// The [`CompleteFn`] the host hands to `start`.
-///
-/// # Safety
-///
-/// `context` is a `Box<PendingCall>` turned into a pointer by
-/// `DylibProvider::start`, passed here once.
-unsafe extern "C" fn complete_call(context: *mut c_void, status: u32, response: PluginBuf) {
-    // SAFETY: as the function's contract says; this takes the box back.
-    let pending = unsafe { Box::from_raw(context.cast::<PendingCall>()) };
-    let free_buf = pending.free_buf;
-    if let Err(unwanted) = pending.answer.send(Answer {
-        status,
-        buf: response,
-    }) {
-        // The caller gave up (timeout): the buffer still goes back.
-        // SAFETY: returned to its allocator exactly once.
-        unsafe { free_buf(unwanted.buf) };
+/// A first poll that keeps a driver thread this long marks its library as
+/// one that blocks: its calls then start on tokio's blocking pool.
+const SLOW_FIRST_POLL: Duration = Duration::from_millis(50);
+
+/// How often the watchdog looks for first polls running too long.
+const WATCH_EVERY: Duration = Duration::from_millis(25);
+
+/// Where one instance's calls run their first poll: on the caller's thread
+/// (what keeps a dylib call within a few microseconds of a compiled-in one)
+/// until one first poll has been seen blocking its thread, then on the
+/// blocking pool, where the call timeout bounds even a blocked first poll.
+struct FirstPolls {
+    offloaded: AtomicBool,
+    library: PathBuf,
+    instance: String,
+}
+
+impl FirstPolls {
+    fn offload(&self, took: Duration) {
+        if !self.offloaded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                library = %self.library.display(),
+                provider_instance = %self.instance,
+                first_poll_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                "provider library blocked a driver thread in the first poll of a call; \
+                 its calls start on the blocking pool from now on"
+            );
+        }
     }
+}
+
+/// Starts, once per process, the thread that moves a library's calls to the
+/// blocking pool as soon as one of its first polls has run for
+/// [`SLOW_FIRST_POLL`], so calls arriving while it blocks do not block too.
+fn watch_first_polls() {
+    static WATCHDOG: OnceLock<()> = OnceLock::new();
+    WATCHDOG.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("omnidisk-first-poll-watch".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(WATCH_EVERY);
+                    let now = Instant::now();
+                    let slow: Vec<(Duration, Arc<FirstPolls>)> = pending_calls()
+                        .values()
+                        .filter_map(|call| call.polling.as_ref())
+                        .filter(|(since, polls)| {
+                            now.duration_since(*since) >= SLOW_FIRST_POLL
+                                && !polls.offloaded.load(Ordering::Relaxed)
+                        })
+                        .map(|(since, polls)| (now.duration_since(*since), Arc::clone(polls)))
+                        .collect();
+                    for (took, polls) in slow {
+                        polls.offload(took);
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(
+                %error,
+                "cannot start the first-poll watchdog; a blocking first poll is only \
+                 noticed when it returns"
+            );
+        }
+    });
+}
+
+/// Calls handed to `start` and not yet answered, by the token passed to the
+/// dylib as their `context`. The context is only ever a key: a completion
+/// with a token that is not here (a second completion, one after `start`
+/// already answered, or one the dylib made up) is ignored, so a library
+/// cannot make the host free or reuse anything twice.
+static PENDING: LazyLock<Mutex<HashMap<usize, PendingCall>>> = LazyLock::new(Default::default);
+
+/// The next token; 0 is never handed out.
+static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
+
+fn pending_calls() -> std::sync::MutexGuard<'static, HashMap<usize, PendingCall>> {
+    // A panic while holding the lock cannot leave the map half-updated.
+    PENDING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers a call about to start and returns its token.
+fn register(call: PendingCall) -> usize {
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    pending_calls().insert(token, call);
+    token
+}
+
+/// Removes a call: `None` if it was already answered (or never existed).
+fn unregister(token: usize) -> Option<PendingCall> {
+    pending_calls().remove(&token)
+}
+
+/// The [`CompleteFn`] the host hands to `start`. `context` is a token from
+/// [`register`], never dereferenced; each token is answered at most once.
+unsafe extern "C" fn complete_call(context: *mut c_void, status: u32, response: PluginBuf) {
+    // A panicking subscriber must not unwind into the dylib (that aborts).
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Some(pending) = unregister(context.addr()) else {
+            // Not ours to free: it may be a buffer the host already freed.
+            tracing::warn!(
+                token = context.addr(),
+                status,
+                "a provider library completed a call that is not pending (answered twice, \
+                 or after answering at once); the completion is ignored"
+            );
+            return;
+        };
+        let free_buf = pending.free_buf;
+        if let Err(unwanted) = pending.answer.send(Answer {
+            status,
+            buf: response,
+        }) {
+            // The caller gave up (timeout): the buffer still goes back.
+            // SAFETY: returned to its allocator exactly once.
+            unsafe { free_buf(unwanted.buf) };
+        }
+    }));
+}
+
+/// How [`begin`] left a call.
+enum Begun<T> {
+    /// It answered at once.
+    Finished(Outcome<T>),
+    /// It goes on in the dylib; its answer arrives here.
+    Pending(oneshot::Receiver<Answer>),
+}
+
+/// The synchronous part of a 1.1 call: registers it, calls `start` on this
+/// thread and returns the outcome if it finished at once. `inline` says the
+/// thread is a driver executor thread, which the watchdog keeps an eye on.
+fn begin<Resp: Message + Default>(
+    raw: RawInstance,
+    start: StartFn,
+    method: Method,
+    request: &[u8],
+    unfinished: Unfinished,
+    polls: &Arc<FirstPolls>,
+    inline: bool,
+) -> Begun<Resp> {
+    let (answer, answered) = oneshot::channel();
+    let token = register(PendingCall {
+        answer,
+        free_buf: raw.free_buf,
+        _unfinished: unfinished,
+        polling: inline.then(|| (Instant::now(), Arc::clone(polls))),
+    });
+    let mut out = PluginBuf::EMPTY;
+    // SAFETY: the instance is live for the process, `request` outlives the
+    // call, `out` is a valid slot; the context is a plain token that
+    // `complete_call` only looks up; `start` catches its panics.
+    let status = unsafe {
+        start(
+            raw.instance,
+            method as u32,
+            BorrowedBytes::new(request),
+            &mut out,
+            Some(complete_call),
+            std::ptr::without_provenance_mut(token),
+        )
+    };
+    if status == Status::Pending as u32 {
+        if inline && let Some(call) = pending_calls().get_mut(&token) {
+            call.polling = None;
+        }
+        return Begun::Pending(answered);
+    }
+    // Answered at once: a later completion of this token is ignored.
+    if unregister(token).is_none() {
+        tracing::warn!(
+            library = %polls.library.display(),
+            provider_instance = %polls.instance,
+            method = method.name(),
+            "provider library both completed a call and answered it at once; \
+             the completion is ignored"
+        );
+    }
+    Begun::Finished(raw.outcome(status, out))
 }
 
 /// A provider instance living in a dylib. A call starts on the calling
@@ -139,6 +332,8 @@ pub struct DylibProvider {
     /// Calls started and not yet returned by the dylib, abandoned ones
     /// included: a growing number in timeout errors points at a hung dylib.
     unfinished: Arc<AtomicUsize>,
+    /// Where calls run their first poll.
+    first_polls: Arc<FirstPolls>,
 }
 
 impl std::fmt::Debug for DylibProvider {
@@ -169,6 +364,11 @@ impl DylibProvider {
         instance: String,
         call_timeout: Duration,
     ) -> Result<Self> {
+        let first_polls = Arc::new(FirstPolls {
+            offloaded: AtomicBool::new(false),
+            library: library.clone(),
+            instance: instance.clone(),
+        });
         let mut provider = Self {
             raw: RawInstance {
                 call: created.call,
@@ -183,7 +383,11 @@ impl DylibProvider {
             sdk_version: created.sdk_version,
             call_timeout,
             unfinished: Arc::default(),
+            first_polls,
         };
+        if provider.raw.start.is_some() {
+            watch_first_polls();
+        }
         provider.info = provider.invoke(Method::Info, &Empty {}).await?;
         Ok(provider)
     }
@@ -205,7 +409,7 @@ impl DylibProvider {
     {
         let bytes = request.encode_to_vec();
         let outcome = match self.raw.start {
-            Some(start) => self.start(start, method, &bytes).await?,
+            Some(start) => self.start(start, method, bytes).await?,
             None => self.call_blocking(method, bytes).await?,
         };
         self.finish(method, outcome)
@@ -217,19 +421,59 @@ impl DylibProvider {
         Unfinished(Arc::clone(&self.unfinished))
     }
 
-    /// ABI 1.1: the call starts on this thread; if it has to wait, it goes
-    /// on in the dylib and answers through [`complete_call`].
-    async fn start<Resp: Message + Default>(
+    /// ABI 1.1: the call starts on this thread (or, for a library seen
+    /// blocking in a first poll, on the blocking pool); if it has to wait,
+    /// it goes on in the dylib and answers through [`complete_call`].
+    async fn start<Resp: Message + Default + Send + 'static>(
         &self,
         start: StartFn,
         method: Method,
-        request: &[u8],
+        request: Vec<u8>,
     ) -> Result<Outcome<Resp>> {
-        let answered = match self.begin(start, method, request) {
-            Ok(finished) => return Ok(finished),
-            Err(answered) => answered,
+        let began = Instant::now();
+        let deadline = tokio::time::Instant::from_std(began) + self.call_timeout;
+        let begun = if self.first_polls.offloaded.load(Ordering::Relaxed) {
+            let (raw, polls, unfinished) =
+                (self.raw, Arc::clone(&self.first_polls), self.unfinished());
+            let task = tokio::task::spawn_blocking(move || {
+                begin::<Resp>(raw, start, method, &request, unfinished, &polls, false)
+            });
+            match tokio::time::timeout_at(deadline, task).await {
+                Err(_) => return Err(self.abandoned(method)),
+                Ok(Err(join)) => {
+                    return Err(ProviderError::internal(format!(
+                        "the thread starting {method} of provider library {} failed",
+                        self.library.display()
+                    ))
+                    .with_source(join));
+                }
+                Ok(Ok(begun)) => begun,
+            }
+        } else {
+            let begun = begin::<Resp>(
+                self.raw,
+                start,
+                method,
+                &request,
+                self.unfinished(),
+                &self.first_polls,
+                true,
+            );
+            let took = began.elapsed();
+            if took >= SLOW_FIRST_POLL {
+                self.first_polls.offload(took);
+            }
+            if took >= self.call_timeout {
+                // Whatever it answered is dropped (and its buffer freed).
+                return Err(self.abandoned(method));
+            }
+            begun
         };
-        match tokio::time::timeout(self.call_timeout, answered).await {
+        let answered = match begun {
+            Begun::Finished(outcome) => return Ok(outcome),
+            Begun::Pending(answered) => answered,
+        };
+        match tokio::time::timeout_at(deadline, answered).await {
             Err(_) => Err(self.abandoned(method)),
             Ok(Err(_)) => Err(ProviderError::internal(format!(
                 "provider library {} dropped {method} without an answer",
@@ -237,43 +481,6 @@ impl DylibProvider {
             ))),
             Ok(Ok(answer)) => Ok(self.raw.outcome(answer.status, answer.buf)),
         }
-    }
-
-    /// The synchronous part of [`Self::start`]: the outcome if the call
-    /// finished at once, else where its answer will arrive.
-    fn begin<Resp: Message + Default>(
-        &self,
-        start: StartFn,
-        method: Method,
-        request: &[u8],
-    ) -> std::result::Result<Outcome<Resp>, oneshot::Receiver<Answer>> {
-        let (answer, answered) = oneshot::channel();
-        let context = Box::into_raw(Box::new(PendingCall {
-            answer,
-            free_buf: self.raw.free_buf,
-            _unfinished: self.unfinished(),
-        }));
-        let mut out = PluginBuf::EMPTY;
-        // SAFETY: the instance is live for the process, `request` outlives
-        // the call, `out` is a valid slot, and `context` stays valid until
-        // `complete_call` takes it back; `start` catches its panics.
-        let status = unsafe {
-            start(
-                self.raw.instance,
-                method as u32,
-                BorrowedBytes::new(request),
-                &mut out,
-                Some(complete_call),
-                context.cast::<c_void>(),
-            )
-        };
-        if status == Status::Pending as u32 {
-            return Err(answered);
-        }
-        // Finished here: the dylib will not call back, the context is ours.
-        // SAFETY: made by `Box::into_raw` above and not handed on.
-        drop(unsafe { Box::from_raw(context) });
-        Ok(self.raw.outcome(status, out))
     }
 
     /// ABI 1.0: the call blocks a thread of tokio's blocking pool.
@@ -350,6 +557,11 @@ impl DylibProvider {
             Outcome::UnknownStatus(status) => Err(ProviderError::internal(format!(
                 "provider library {} answered {method} with unknown status {status}",
                 self.library.display()
+            ))),
+            Outcome::BadBuffer(reason) => Err(ProviderError::internal(format!(
+                "provider library {} (instance {}) answered {method} with {reason}",
+                self.library.display(),
+                self.instance
             ))),
         }
     }

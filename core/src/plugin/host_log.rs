@@ -8,6 +8,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use omnidisk_provider_api::ffi::abi::{BorrowedBytes, HostApi, LogFn, log_level};
 use tracing::level_filters::LevelFilter;
 
+use super::adapter::unreadable;
+
 /// Who a dylib's log lines belong to. Leaked: a dylib may log until the
 /// process ends.
 pub(super) struct LogContext {
@@ -57,7 +59,20 @@ unsafe extern "C" fn host_log(
         // SAFETY: the only contexts handed out are leaked `LogContext`s
         // from `host_api`, valid for the process.
         let context = unsafe { &*context.cast::<LogContext>() };
-        // SAFETY: the dylib lends both strings for the duration of the call.
+        if unreadable(target.ptr.is_null(), target.len).is_some()
+            || unreadable(message.ptr.is_null(), message.len).is_some()
+        {
+            tracing::warn!(
+                provider_instance = context.instance.as_str(),
+                provider_library = context.library.as_str(),
+                target_len = target.len,
+                message_len = message.len,
+                "provider library logged a line the driver cannot read (null or oversized); dropped"
+            );
+            return;
+        }
+        // SAFETY: the dylib lends both strings for the duration of the call;
+        // their lengths are bounded and non-null when non-zero (checked above).
         let (target, message) = unsafe { (target.as_slice(), message.as_slice()) };
         let target = String::from_utf8_lossy(target);
         let message = String::from_utf8_lossy(message);

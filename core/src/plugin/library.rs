@@ -16,6 +16,7 @@ use omnidisk_provider_api::ffi::decode_abi_error;
 use omnidisk_provider_api::types::InitRequest;
 use prost::Message;
 
+use super::adapter::unreadable;
 use super::host_log::host_api;
 use super::{HOST_ABI, PluginError};
 
@@ -171,7 +172,11 @@ pub(super) fn open_and_create(path: &Path, init: &InitRequest) -> Result<Created
     else {
         return Err(bad_table("a function pointer is null".into()));
     };
-    // SAFETY: static strings of the never-unloaded dylib.
+    if let Some(reason) = unreadable(table.sdk_version.ptr.is_null(), table.sdk_version.len) {
+        return Err(bad_table(format!("its sdk_version is {reason}")));
+    }
+    // SAFETY: static strings of the never-unloaded dylib, of a length
+    // checked above.
     let sdk_version = String::from_utf8_lossy(unsafe { table.sdk_version.as_slice() }).into_owned();
 
     let host = host_api(&init.instance, &path.display().to_string());
@@ -201,12 +206,19 @@ pub(super) fn open_and_create(path: &Path, init: &InitRequest) -> Result<Created
             sdk_version,
         });
     }
-    let source = if error.ptr.is_null() {
+    let source = if let Some(reason) = unreadable(error.ptr.is_null(), error.len) {
+        // SAFETY: returned to its allocator, unread.
+        unsafe { free_buf(error) };
+        omnidisk_provider_api::ProviderError::internal(format!(
+            "create returned status {status} with {reason}"
+        ))
+    } else if error.ptr.is_null() {
         omnidisk_provider_api::ProviderError::internal(format!(
             "create returned status {status} without an error"
         ))
     } else {
-        // SAFETY: the dylib's buffer of `len` bytes, read before it is freed.
+        // SAFETY: the dylib's buffer of `len` bytes (non-null, bounded above),
+        // read before it is freed.
         let e = decode_abi_error(unsafe { std::slice::from_raw_parts(error.ptr, error.len) });
         // SAFETY: returned to its allocator exactly once.
         unsafe { free_buf(error) };

@@ -5,12 +5,14 @@
 //! behaves, so a test can check that the driver keeps working afterwards.
 //! `kind` sets the kind it reports (to test the kind check). Cargo features
 //! build it as a dylib of another ABI major (`abi-v2`), without an entry
-//! symbol (`no-entry`) or claiming a newer minor version (`newer-minor`).
+//! symbol (`no-entry`), claiming a newer minor version (`newer-minor`), or
+//! declaring a table size that ends inside a field (`torn-table`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use omnidisk_provider_api::ffi::abi::Method;
+use omnidisk_provider_api::ffi::export::Abuse;
 use omnidisk_provider_api::params::parse_settings;
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{Provider, ProviderError, ProviderFactory, Result, async_trait};
@@ -35,6 +37,22 @@ pub enum Behaviour {
     /// threads, after the call was handed back as pending.
     #[serde(rename = "panic-later")]
     PanicLater,
+    /// Wait a little, then complete the call twice with the same buffer.
+    #[serde(rename = "complete-twice")]
+    CompleteTwice,
+    /// Answer at once, then also complete the call with the same buffer.
+    #[serde(rename = "complete-after-answer")]
+    CompleteAfterAnswer,
+    /// Answer at once with a null buffer that claims a length.
+    #[serde(rename = "null-buffer")]
+    NullBuffer,
+    /// Answer at once with a buffer longer than the host accepts.
+    #[serde(rename = "huge-buffer")]
+    HugeBuffer,
+    /// Block the polling thread (`std::thread::sleep`) for `block_ms` in the
+    /// first poll, then create.
+    #[serde(rename = "block")]
+    Block,
 }
 
 /// How long `slow` and `panic-later` wait.
@@ -48,6 +66,8 @@ pub struct Settings {
     pub behaviour: Behaviour,
     /// The kind reported by `info`.
     pub kind: String,
+    /// How long `block` blocks its thread, in milliseconds.
+    pub block_ms: u64,
 }
 
 impl Default for Settings {
@@ -55,12 +75,16 @@ impl Default for Settings {
         Self {
             behaviour: Behaviour::Ok,
             kind: "misbehaving".into(),
+            block_ms: 2_000,
         }
     }
 }
 
 /// Instances whose `create_volume` responses are replaced by garbage.
 static GARBAGE_INSTANCES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Instances whose `create_volume` breaks the completion or buffer rules.
+static ABUSING_INSTANCES: Mutex<BTreeMap<String, Abuse>> = Mutex::new(BTreeMap::new());
 
 struct Misbehaving {
     settings: Settings,
@@ -79,6 +103,17 @@ pub const FACTORY: ProviderFactory = ProviderFactory {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(init.instance.clone());
             }
+            let abuse = match settings.behaviour {
+                Behaviour::CompleteTwice => Abuse::CompleteTwice,
+                Behaviour::CompleteAfterAnswer => Abuse::CompleteAfterAnswer,
+                Behaviour::NullBuffer => Abuse::NullBuffer,
+                Behaviour::HugeBuffer => Abuse::OversizedBuffer,
+                _ => Abuse::None,
+            };
+            ABUSING_INSTANCES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(init.instance.clone(), abuse);
             Ok(Arc::new(Misbehaving {
                 settings,
                 node_name: init.node_name,
@@ -101,6 +136,19 @@ fn corrupt(instance: &str, method: Method, response: Vec<u8>) -> Vec<u8> {
     }
 }
 
+#[cfg_attr(any(feature = "abi-v2", feature = "no-entry"), allow(dead_code))]
+fn abuse(instance: &str, method: Method) -> Abuse {
+    if method != Method::CreateVolume {
+        return Abuse::None;
+    }
+    ABUSING_INSTANCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(instance)
+        .copied()
+        .unwrap_or(Abuse::None)
+}
+
 #[async_trait]
 impl Provider for Misbehaving {
     fn info(&self) -> ProviderInfo {
@@ -119,7 +167,15 @@ impl Provider for Misbehaving {
                 tokio::time::sleep(WAIT).await;
                 panic!("misbehaving provider panics on purpose after waiting")
             }
-            Behaviour::Slow => {
+            Behaviour::Block => {
+                std::thread::sleep(std::time::Duration::from_millis(self.settings.block_ms));
+                Ok(Volume {
+                    id: req.name,
+                    capacity_bytes: req.required_bytes,
+                    ..Default::default()
+                })
+            }
+            Behaviour::Slow | Behaviour::CompleteTwice => {
                 tokio::time::sleep(WAIT).await;
                 Ok(Volume {
                     id: req.name,
@@ -127,7 +183,11 @@ impl Provider for Misbehaving {
                     ..Default::default()
                 })
             }
-            Behaviour::Ok | Behaviour::Garbage => Ok(Volume {
+            Behaviour::Ok
+            | Behaviour::Garbage
+            | Behaviour::CompleteAfterAnswer
+            | Behaviour::NullBuffer
+            | Behaviour::HugeBuffer => Ok(Volume {
                 id: req.name,
                 capacity_bytes: req.required_bytes,
                 ..Default::default()
@@ -165,13 +225,16 @@ impl Provider for Misbehaving {
     feature = "abi-v2",
     feature = "no-entry",
     feature = "newer-minor",
-    feature = "abi-1-0"
+    feature = "abi-1-0",
+    feature = "torn-table"
 )))]
 omnidisk_provider_api::__export_provider_with!(
     FACTORY,
     omnidisk_provider_api::ffi::export::ExportOptions {
         version: omnidisk_provider_api::ffi::abi::AbiVersion::CURRENT,
         response_hook: Some(corrupt),
+        declared_table_size: None,
+        abuse_hook: Some(abuse),
     }
 );
 
@@ -184,6 +247,8 @@ omnidisk_provider_api::__export_provider_with!(
             minor: omnidisk_provider_api::ffi::abi::ABI_MINOR + 7,
         },
         response_hook: Some(corrupt),
+        declared_table_size: None,
+        abuse_hook: Some(abuse),
     }
 );
 
@@ -193,6 +258,21 @@ omnidisk_provider_api::__export_provider_with!(
     omnidisk_provider_api::ffi::export::ExportOptions {
         version: omnidisk_provider_api::ffi::abi::AbiVersion { major: 1, minor: 0 },
         response_hook: Some(corrupt),
+        declared_table_size: None,
+        abuse_hook: Some(abuse),
+    }
+);
+
+/// A 1.2 table that declares a size ending inside its `start` field, so a
+/// host reading whole fields only sees a 1.0 table (`start` absent).
+#[cfg(feature = "torn-table")]
+omnidisk_provider_api::__export_provider_with!(
+    FACTORY,
+    omnidisk_provider_api::ffi::export::ExportOptions {
+        version: omnidisk_provider_api::ffi::abi::AbiVersion::CURRENT,
+        response_hook: Some(corrupt),
+        declared_table_size: Some(omnidisk_provider_api::ffi::abi::ProviderApi::V1_1_SIZE - 3),
+        abuse_hook: Some(abuse),
     }
 );
 

@@ -401,26 +401,78 @@ impl ProviderApi {
     pub const V1_1_SIZE: usize = offset_of!(ProviderApi, start) + size_of::<Option<StartFn>>();
 }
 
-/// Copies a table of `struct_size` bytes (either side's) into a `T`, leaving
-/// fields the peer does not have zeroed and ignoring fields this build does not know.
+/// A `#[repr(C)]` table that starts with its own `struct_size`.
+///
+/// # Safety
+///
+/// `FIELD_ENDS` must list, in order, `offset_of!(field) + size_of::<field>()`
+/// for every field, and the type must be valid when zeroed.
+pub unsafe trait AbiTable {
+    /// The end of each field, in declaration order.
+    const FIELD_ENDS: &'static [usize];
+
+    /// How many leading bytes of a peer's table of `struct_size` bytes hold
+    /// whole fields: a field counts only if the size covers all of it, so a
+    /// size that ends inside a field leaves that field absent.
+    fn whole_fields_len(struct_size: usize) -> usize {
+        Self::FIELD_ENDS
+            .iter()
+            .copied()
+            .take_while(|end| *end <= struct_size)
+            .last()
+            .unwrap_or(0)
+    }
+}
+
+// SAFETY: every field of `HostApi`, in order; all are valid when zeroed
+// (null pointers, `None`, zero numbers).
+unsafe impl AbiTable for HostApi {
+    const FIELD_ENDS: &'static [usize] = &[
+        offset_of!(HostApi, struct_size) + size_of::<usize>(),
+        offset_of!(HostApi, version) + size_of::<AbiVersion>(),
+        offset_of!(HostApi, log_context) + size_of::<*const c_void>(),
+        offset_of!(HostApi, log) + size_of::<Option<LogFn>>(),
+        offset_of!(HostApi, max_log_level) + size_of::<u32>(),
+    ];
+}
+
+// SAFETY: every field of `ProviderApi`, in order; all are valid when zeroed
+// (empty strings, `None` functions, zero numbers).
+unsafe impl AbiTable for ProviderApi {
+    const FIELD_ENDS: &'static [usize] = &[
+        offset_of!(ProviderApi, struct_size) + size_of::<usize>(),
+        offset_of!(ProviderApi, version) + size_of::<AbiVersion>(),
+        offset_of!(ProviderApi, factory_kind) + size_of::<BorrowedBytes>(),
+        offset_of!(ProviderApi, sdk_version) + size_of::<BorrowedBytes>(),
+        offset_of!(ProviderApi, free_buf) + size_of::<Option<FreeBufFn>>(),
+        offset_of!(ProviderApi, create) + size_of::<Option<CreateFn>>(),
+        offset_of!(ProviderApi, call) + size_of::<Option<CallFn>>(),
+        offset_of!(ProviderApi, start) + size_of::<Option<StartFn>>(),
+    ];
+}
+
+/// Copies a peer's table (either side's) into a `T`: the fields its
+/// `struct_size` covers whole are copied, every other field is zeroed
+/// (`None`, null, 0), and fields this build does not know are ignored. A
+/// size ending inside a field leaves that field zeroed, never half-copied.
 ///
 /// # Safety
 ///
 /// `table` must point to at least `size_of::<usize>()` readable bytes that
-/// start with the table's size, and to that many bytes in all; `T` must be
-/// valid when zeroed and start with its `struct_size`.
-pub unsafe fn read_table<T>(table: *const T) -> T {
+/// start with the table's size, and to that many bytes in all.
+pub unsafe fn read_table<T: AbiTable>(table: *const T) -> T {
     // SAFETY: every ABI table starts with its size as a usize.
     let struct_size = unsafe { table.cast::<usize>().read_unaligned() };
     let mut out = MaybeUninit::<T>::zeroed();
-    let len = struct_size.min(size_of::<T>());
-    // SAFETY: the caller promised `struct_size` readable bytes at `table`;
-    // `out` has room for `size_of::<T>()`; the two never overlap.
+    let len = T::whole_fields_len(struct_size).min(size_of::<T>());
+    // SAFETY: `len` is at most `struct_size`, which the caller promised
+    // readable at `table`; `out` has room for `size_of::<T>()`; the two
+    // never overlap.
     unsafe {
         std::ptr::copy_nonoverlapping(table.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), len);
     }
-    // SAFETY: T is valid when zeroed and every copied byte came from a T
-    // laid out by the same definition.
+    // SAFETY: T is valid when zeroed (AbiTable's contract) and every copied
+    // byte belongs to a whole field of a T laid out by the same definition.
     unsafe { out.assume_init() }
 }
 
@@ -447,6 +499,126 @@ mod tests {
         assert!(HostApi::V1_0_SIZE > offset_of!(HostApi, log));
         const { assert!(ProviderApi::V1_0_SIZE < ProviderApi::V1_1_SIZE) };
         assert_eq!(ProviderApi::V1_1_SIZE, size_of::<ProviderApi>());
+    }
+
+    /// A table of `size` bytes whose every field is set, as a peer that
+    /// declares a size ending anywhere would hand it over.
+    fn provider_table(size: usize) -> ProviderApi {
+        unsafe extern "C" fn free(_: PluginBuf) {}
+        unsafe extern "C" fn create(
+            _: *const HostApi,
+            _: BorrowedBytes,
+            _: *mut *const c_void,
+            _: *mut PluginBuf,
+        ) -> u32 {
+            0
+        }
+        unsafe extern "C" fn call(
+            _: *const c_void,
+            _: u32,
+            _: BorrowedBytes,
+            _: *mut PluginBuf,
+        ) -> u32 {
+            0
+        }
+        unsafe extern "C" fn start(
+            _: *const c_void,
+            _: u32,
+            _: BorrowedBytes,
+            _: *mut PluginBuf,
+            _: Option<CompleteFn>,
+            _: *mut c_void,
+        ) -> u32 {
+            0
+        }
+        ProviderApi {
+            struct_size: size,
+            version: AbiVersion::CURRENT,
+            factory_kind: BorrowedBytes::new(b"kind"),
+            sdk_version: BorrowedBytes::new(b"1.2.3"),
+            free_buf: Some(free),
+            create: Some(create),
+            call: Some(call),
+            start: Some(start),
+        }
+    }
+
+    #[test]
+    fn a_size_ending_inside_a_field_leaves_that_field_absent() {
+        for size in ProviderApi::V1_0_SIZE..=size_of::<ProviderApi>() {
+            let full = provider_table(size);
+            // SAFETY: `full` is a whole table, readable for all its bytes.
+            let read = unsafe { read_table(&full) };
+            assert_eq!(read.struct_size, size);
+            assert!(read.free_buf.is_some() && read.create.is_some() && read.call.is_some());
+            assert_eq!(
+                read.start.is_some(),
+                size >= ProviderApi::V1_1_SIZE,
+                "a {size}-byte table"
+            );
+        }
+        // Every size up to the 1.0 one: each field present exactly when the
+        // size covers all of it.
+        for size in size_of::<usize>()..=ProviderApi::V1_0_SIZE {
+            let full = provider_table(size);
+            // SAFETY: as above.
+            let read = unsafe { read_table(&full) };
+            let whole = |offset: usize, len: usize| size >= offset + len;
+            let fn_len = size_of::<Option<CallFn>>();
+            assert_eq!(
+                read.version.major != 0,
+                whole(offset_of!(ProviderApi, version), 8)
+            );
+            assert_eq!(
+                read.factory_kind.len != 0,
+                whole(offset_of!(ProviderApi, factory_kind), 16)
+            );
+            assert_eq!(
+                read.free_buf.is_some(),
+                whole(offset_of!(ProviderApi, free_buf), fn_len)
+            );
+            assert_eq!(
+                read.create.is_some(),
+                whole(offset_of!(ProviderApi, create), fn_len)
+            );
+            assert_eq!(
+                read.call.is_some(),
+                whole(offset_of!(ProviderApi, call), fn_len)
+            );
+            assert!(read.start.is_none());
+        }
+    }
+
+    #[test]
+    fn a_host_table_cut_inside_a_field_leaves_it_absent() {
+        unsafe extern "C" fn log(_: *const c_void, _: u32, _: BorrowedBytes, _: BorrowedBytes) {}
+        for size in size_of::<usize>()..=size_of::<HostApi>() {
+            let full = HostApi {
+                struct_size: size,
+                version: AbiVersion::CURRENT,
+                log_context: std::ptr::NonNull::<c_void>::dangling().as_ptr(),
+                log: Some(log),
+                max_log_level: log_level::TRACE,
+            };
+            // SAFETY: `full` is a whole table.
+            let read = unsafe { read_table(&full) };
+            let end = |offset: usize, len: usize| size >= offset + len;
+            assert_eq!(
+                read.log.is_some(),
+                end(offset_of!(HostApi, log), 8),
+                "{size}"
+            );
+            assert_eq!(
+                !read.log_context.is_null(),
+                end(offset_of!(HostApi, log_context), 8),
+                "{size}"
+            );
+            assert_eq!(
+                read.max_log_level == log_level::TRACE,
+                size >= HostApi::V1_0_SIZE,
+                "{size}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,31 @@ use crate::types::{AbiError, Empty, InitRequest};
 #[doc(hidden)]
 pub type ResponseHook = fn(instance: &str, method: Method, response: Vec<u8>) -> Vec<u8>;
 
+/// A breach of the protocol a test dylib commits on purpose, so the host's
+/// defences can be tested. Never use it otherwise.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abuse {
+    /// Behave.
+    None,
+    /// Complete a pending call, then complete it again with the same buffer.
+    CompleteTwice,
+    /// Answer at once, then also complete the call with the same buffer.
+    CompleteAfterAnswer,
+    /// Answer at once with a null buffer that claims 16 bytes.
+    NullBuffer,
+    /// Answer at once with a buffer claiming more than the host accepts.
+    OversizedBuffer,
+}
+
+/// Chooses the [`Abuse`] of a call; for the ABI test plugins only.
+#[doc(hidden)]
+pub type AbuseHook = fn(instance: &str, method: Method) -> Abuse;
+
+/// What [`Abuse::OversizedBuffer`] points at: never read by a correct host,
+/// never freed by `free_buf`.
+static OVERSIZED_MARKER: u8 = 0;
+
 /// How a dylib exports itself. [`ExportOptions::CURRENT`] is what
 /// `export_provider!` uses; the other settings exist for the ABI's own tests
 /// (a newer minor version, corrupted responses).
@@ -44,6 +69,13 @@ pub struct ExportOptions {
     /// Test hook, see [`ResponseHook`].
     #[doc(hidden)]
     pub response_hook: Option<ResponseHook>,
+    /// Test hook: a `struct_size` to declare instead of the real one (for
+    /// tables whose size ends inside a field). Never set it otherwise.
+    #[doc(hidden)]
+    pub declared_table_size: Option<usize>,
+    /// Test hook, see [`Abuse`].
+    #[doc(hidden)]
+    pub abuse_hook: Option<AbuseHook>,
 }
 
 impl ExportOptions {
@@ -51,6 +83,8 @@ impl ExportOptions {
     pub const CURRENT: ExportOptions = ExportOptions {
         version: AbiVersion::CURRENT,
         response_hook: None,
+        declared_table_size: None,
+        abuse_hook: None,
     };
 }
 
@@ -89,6 +123,7 @@ impl Exported {
             0 => ProviderApi::V1_0_SIZE,
             _ => size_of::<ProviderApi>(),
         };
+        let struct_size = options.declared_table_size.unwrap_or(struct_size);
         Self {
             factory,
             options,
@@ -184,7 +219,7 @@ fn buf_from_vec(bytes: Vec<u8>) -> PluginBuf {
 }
 
 unsafe extern "C" fn free_buf(buf: PluginBuf) {
-    if buf.ptr.is_null() {
+    if buf.ptr.is_null() || std::ptr::eq(buf.ptr.cast_const(), &OVERSIZED_MARKER) {
         return;
     }
     let _ = catch_unwind(|| {
@@ -202,6 +237,16 @@ struct Instance {
     runtime: Runtime,
     dispatch: Dispatch,
     response_hook: Option<ResponseHook>,
+    abuse_hook: Option<AbuseHook>,
+}
+
+impl Instance {
+    fn abuse(&self, method: u32) -> Abuse {
+        match (self.abuse_hook, Method::from_u32(method)) {
+            (Some(hook), Some(method)) => hook(&self.name, method),
+            _ => Abuse::None,
+        }
+    }
 }
 
 unsafe extern "C" fn create(
@@ -313,6 +358,7 @@ unsafe fn create_instance(
         runtime,
         dispatch,
         response_hook: exported.options.response_hook,
+        abuse_hook: exported.options.abuse_hook,
     });
     Ok(Box::into_raw(instance).cast_const().cast::<c_void>())
 }
@@ -370,6 +416,7 @@ unsafe extern "C" fn call(
 struct Completion {
     complete: CompleteFn,
     context: *mut c_void,
+    abuse: Abuse,
 }
 
 // SAFETY: the ABI makes `complete` callable from any thread, and `context`
@@ -379,9 +426,18 @@ unsafe impl Send for Completion {}
 impl Completion {
     fn finish(self, result: Result<Vec<u8>, Failure>) {
         let (status, buf) = outcome(result);
+        let again = PluginBuf {
+            ptr: buf.ptr,
+            len: buf.len,
+        };
         // SAFETY: called exactly once per pending call with the context the
         // host gave; the host owns `buf` from here on.
         unsafe { (self.complete)(self.context, status as u32, buf) };
+        if self.abuse == Abuse::CompleteTwice {
+            // SAFETY: not safe at all: a test breach the host must ignore
+            // (the buffer is already the host's, maybe freed).
+            unsafe { (self.complete)(self.context, status as u32, again) };
+        }
     }
 }
 
@@ -416,7 +472,11 @@ unsafe extern "C" fn start(
         match first {
             Poll::Ready(result) => result.map(Some),
             Poll::Pending => {
-                let completion = Completion { complete, context };
+                let completion = Completion {
+                    complete,
+                    context,
+                    abuse: instance.abuse(method),
+                };
                 instance
                     .runtime
                     .spawn(async move { completion.finish(reply.await) });
@@ -428,6 +488,51 @@ unsafe extern "C" fn start(
         Ok(None) => (Status::Pending, PluginBuf::EMPTY),
         Ok(Some(response)) => outcome(Ok(response)),
         Err(failure) => outcome(Err(failure)),
+    };
+    // SAFETY: the host passes back what `create` gave it (checked by the
+    // call above, which failed if it is null).
+    let abuse = match unsafe { instance_ref(instance) } {
+        Ok(instance) if status != Status::Pending => instance.abuse(method),
+        _ => Abuse::None,
+    };
+    let buf = match (abuse, complete) {
+        (Abuse::NullBuffer, _) => {
+            // SAFETY: this side's own buffer, freed once.
+            unsafe { free_buf(buf) };
+            PluginBuf {
+                ptr: std::ptr::null_mut(),
+                len: 16,
+            }
+        }
+        (Abuse::OversizedBuffer, _) => {
+            // SAFETY: as above.
+            unsafe { free_buf(buf) };
+            PluginBuf {
+                ptr: std::ptr::from_ref(&OVERSIZED_MARKER).cast_mut(),
+                len: (64 << 20) + 1,
+            }
+        }
+        (Abuse::CompleteAfterAnswer, Some(complete)) => {
+            let completion = Completion {
+                complete,
+                context,
+                abuse: Abuse::None,
+            };
+            let (addr, len) = (buf.ptr.expose_provenance(), buf.len);
+            std::thread::spawn(move || {
+                let completion = completion;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let again = PluginBuf {
+                    ptr: std::ptr::with_exposed_provenance_mut(addr),
+                    len,
+                };
+                // SAFETY: not safe at all: a test breach the host must
+                // ignore (the buffer is the host's, probably freed by now).
+                unsafe { (completion.complete)(completion.context, status as u32, again) };
+            });
+            buf
+        }
+        _ => buf,
     };
     // SAFETY: checked non-null above; the host owns the slot.
     unsafe { response_out.write(buf) };
