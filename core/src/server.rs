@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,6 +30,12 @@ pub enum ServeError {
     /// Something other than a socket is at the endpoint path.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// A live socket is at the endpoint path: another driver serves on it.
+    #[error(
+        "{0} is in use: a running process accepts connections on it (another driver?); \
+         refusing to take it over"
+    )]
+    InUse(PathBuf),
     /// Filesystem work around the socket failed.
     #[error("preparing socket {path}")]
     Socket {
@@ -53,24 +59,65 @@ pub enum ServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
-/// Binds the unix socket: removes a stale socket left by a previous run,
-/// creates the directory, and restricts the socket's permissions.
+/// Binds the unix socket. It appears at `path` only with its final mode
+/// ([`SOCKET_MODE`]): it is bound inside a fresh 0700 directory next to
+/// `path` (so nobody else can connect whatever the umask), restricted there
+/// and then renamed into place, replacing a stale socket atomically. A socket
+/// that still accepts connections belongs to a running driver and is left
+/// alone ([`ServeError::InUse`]); anything else at `path` is never replaced.
 pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     let wrap = |source| ServeError::Socket {
         path: path.to_owned(),
         source,
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(wrap)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(ServeError::InUse(path.to_owned())),
+                // Nobody listens: stale, replaced by the rename below.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) => {}
+                Err(e) => return Err(wrap(e)),
+            }
+        }
         Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(wrap(e)),
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(wrap)?;
-    }
-    let listener = UnixListener::bind(path).map_err(wrap)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(wrap)?;
+    let Some(name) = path.file_name() else {
+        return Err(wrap(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the socket path has no file name",
+        )));
+    };
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(wrap)?;
+    let private = dir.join(format!(
+        ".{}.binding-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // The umask can only take bits away from 0700.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(wrap)?;
+    let staged = private.join("socket");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let cleaned = std::fs::remove_dir(&private);
+    let listener = bound.map_err(wrap)?;
+    cleaned.map_err(wrap)?;
     Ok(listener)
 }
 
@@ -192,6 +239,15 @@ async fn refresh_gauges(driver: &Driver) {
 mod tests {
     use super::*;
 
+    /// Names in `dir` other than `keep`: leftovers of binding.
+    fn leftovers(dir: &Path, keep: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != keep)
+            .collect()
+    }
+
     #[tokio::test]
     async fn stale_sockets_are_replaced_and_other_files_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -203,10 +259,60 @@ mod tests {
         let _second = bind_socket(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, SOCKET_MODE);
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        assert!(leftovers(&dir.path().join("sub"), "csi.sock").is_empty());
 
         let file = dir.path().join("precious");
         std::fs::write(&file, b"data").unwrap();
         assert!(matches!(bind_socket(&file), Err(ServeError::NotASocket(_))));
         assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_of_another_driver_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let first = bind_socket(&path).unwrap();
+        let err = bind_socket(&path).unwrap_err();
+        assert!(matches!(err, ServeError::InUse(_)), "{err:?}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        // The first listener still owns the path and answers.
+        let client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (_accepted, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), first.accept())
+                .await
+                .unwrap()
+                .unwrap();
+        drop(client);
+        assert!(leftovers(dir.path(), "csi.sock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_socket_never_appears_with_more_than_its_final_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let (mut seen, mut widest) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        seen += 1;
+                        widest |= meta.permissions().mode() & 0o777;
+                    }
+                }
+                (seen, widest)
+            })
+        };
+        for _ in 0..200 {
+            // Dropped at once: the next round replaces a stale socket.
+            drop(bind_socket(&path).unwrap());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (seen, widest) = watcher.join().unwrap();
+        assert!(seen > 0, "the watcher never saw the socket");
+        assert_eq!(widest & !SOCKET_MODE, 0, "seen with mode {widest:o}");
+        assert!(leftovers(dir.path(), "csi.sock").is_empty());
     }
 }
