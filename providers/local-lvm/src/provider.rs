@@ -302,6 +302,12 @@ impl LvmProvider {
         };
         let size = round_up(wanted, extent)?;
         if limit > 0 && size > limit {
+            // Rounding up overshot the limit: the largest whole-extent size
+            // within it serves as long as it still holds what is required.
+            let floor = limit / extent * extent;
+            if floor > 0 && floor >= required.max(source_size.unwrap_or(0)) {
+                return Ok(floor);
+            }
             return Err(ProviderError::out_of_range(format!(
                 "the volume needs {size} bytes (the request or its source, rounded up to \
                  {extent}-byte extents), more than the limit of {limit} bytes"

@@ -1159,3 +1159,33 @@ async fn instances_sharing_a_volume_group_see_only_their_own_volumes() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn new_volume_sizes_round_to_extents_within_the_limit() {
+    const MIB: u64 = 1 << 20;
+    let extent = 4 * MIB;
+    // (required, limit, source size, expected size or None for OutOfRange)
+    let cases = [
+        (0, 5 * MIB, None, Some(4 * MIB)),
+        (0, 0, None, Some(DEFAULT_VOLUME_BYTES)),
+        (5 * MIB, 0, None, Some(8 * MIB)),
+        (5 * MIB, 8 * MIB, None, Some(8 * MIB)),
+        (5 * MIB, 7 * MIB, None, None),
+        (4 * MIB, 5 * MIB, None, Some(4 * MIB)),
+        (0, 3 * MIB, None, None),
+        (0, 5 * MIB, Some(4 * MIB), Some(4 * MIB)),
+        (0, 7 * MIB, Some(5 * MIB), None),
+        (1, 5 * MIB, None, Some(4 * MIB)),
+    ];
+    for (required, limit, source, want) in cases {
+        let got = LvmProvider::new_volume_size(required, limit, source, extent);
+        match want {
+            Some(size) => assert_eq!(got.unwrap(), size, "{required} {limit} {source:?}"),
+            None => assert_eq!(
+                got.unwrap_err().kind(),
+                omnidisk_provider_api::ErrorKind::OutOfRange,
+                "{required} {limit} {source:?}"
+            ),
+        }
+    }
+}
