@@ -94,6 +94,7 @@ async fn run(iterations: usize) {
     registry.insert("fake", Arc::new(provider));
     let settings = NodeSettings {
         state_dir: sandbox.join("state"),
+        kubelet_dir: sandbox.join(""),
         ..NodeSettings::default()
     };
     let mounter = Arc::new(LinuxMounter::new(settings.clone()));

@@ -32,11 +32,19 @@ pub struct Args {
     #[arg(long, env = "OMNIDISK_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// The kubelet's root directory; node paths outside it are refused
+    /// (overrides `[node] kubelet_dir`, default /var/lib/kubelet).
+    #[arg(long, env = "OMNIDISK_KUBELET_DIR")]
+    pub kubelet_dir: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Log level or tracing filter (e.g. `info`, `debug`, `omnidisk=debug`).
+    /// Log level of the driver's own crates (`info`, `debug`, ...; other
+    /// crates log warnings only), or a full tracing filter when it holds
+    /// `=` or `,` (e.g. `debug,aws_smithy_runtime=trace`: that is taken as
+    /// written and may expose what those crates print).
     #[arg(long, default_value = "info")]
     pub log_level: String,
 

@@ -80,6 +80,33 @@ pub struct NodeSettings {
     /// Where the node keeps state that must outlive a restart (the
     /// ephemeral inline volumes it created).
     pub state_dir: PathBuf,
+    /// The kubelet's root directory: every staging, target and volume path
+    /// must lie under it (the `--kubelet-dir` flag overrides it).
+    pub kubelet_dir: PathBuf,
+    /// Limits on CSI ephemeral inline volumes.
+    pub ephemeral: EphemeralSettings,
+}
+
+/// `[node.ephemeral]`: which instances may serve CSI ephemeral inline
+/// volumes (any pod author can ask for one) and how large they may be.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EphemeralSettings {
+    /// Instances allowed to serve inline volumes. Absent: every node-local
+    /// instance whose provider supports them; cloud instances only when
+    /// listed here.
+    pub instances: Option<Vec<String>>,
+    /// Largest inline volume, a Kubernetes quantity (`10Gi`).
+    pub max_size: String,
+}
+
+impl Default for EphemeralSettings {
+    fn default() -> Self {
+        Self {
+            instances: None,
+            max_size: "10Gi".into(),
+        }
+    }
 }
 
 impl Default for NodeSettings {
@@ -90,6 +117,8 @@ impl Default for NodeSettings {
             max_volumes_per_node: 0,
             tools_dir: PathBuf::new(),
             state_dir: PathBuf::from("/var/lib/omnidisk"),
+            kubelet_dir: PathBuf::from("/var/lib/kubelet"),
+            ephemeral: EphemeralSettings::default(),
         }
     }
 }
@@ -108,6 +137,8 @@ pub struct Driver {
     pub node: NodeSettings,
     /// Mount, format and filesystem operations.
     pub mounter: Arc<dyn Mounter>,
+    /// `node.kubelet_dir`, resolved once: where node paths must lie.
+    pub kubelet: crate::mount::confine::KubeletDir,
     ready: AtomicBool,
 }
 
@@ -120,6 +151,8 @@ impl Driver {
         node: NodeSettings,
         mounter: Arc<dyn Mounter>,
     ) -> Self {
+        let kubelet = crate::mount::confine::KubeletDir::new(&node.kubelet_dir);
+        crate::metrics::global().allow_instances(registry.iter().map(|i| i.name.as_str()));
         Self {
             registry,
             inflight: InFlight::default(),
@@ -127,6 +160,7 @@ impl Driver {
             mode,
             node,
             mounter,
+            kubelet,
             ready: AtomicBool::new(false),
         }
     }

@@ -41,10 +41,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| error_chain(&e))?,
         None => Config::default(),
     };
+    if let Some(dir) = &args.kubelet_dir {
+        config.node.kubelet_dir = dir.clone();
+    }
     let node_name = args.node_id.clone().unwrap_or_else(cli::host_name);
     if let Some(Command::Doctor) = args.command {
         let checks = omnidisk::doctor::run(&config, &node_name, args.mode).await;

@@ -1202,3 +1202,346 @@ async fn group_snapshots_span_one_instance_and_restore_like_snapshots() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     h.stop().await;
 }
+
+/// Node calls that must change nothing: required fields first, paths
+/// confined to the kubelet directory, and only the named volume's mounts
+/// touched (table of request, expected code).
+#[tokio::test]
+async fn node_calls_refuse_hostile_and_incomplete_requests() {
+    let local = FakeSettings {
+        node_local: true,
+        attach_required: false,
+        ..FakeSettings::default()
+    };
+    let h = start(Mode::All, &[("local", local)]).await;
+    let mut c = h.client.clone();
+    let mut ids = Vec::new();
+    for (name, dev) in [("a", "/dev/fake-a"), ("b", "/dev/fake-b")] {
+        let v = c
+            .controller
+            .create_volume(create_req(name, GIB, &[("device", dev)]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        ids.push(v.volume_id);
+    }
+    let root = h.dir.path();
+    let p = |rel: &str| root.join(rel).to_string_lossy().into_owned();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.join("pods")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("pods/escape")).unwrap();
+    std::fs::write(root.join("pods/precious"), b"keep").unwrap();
+
+    for (id, stage) in [(&ids[0], "staging-a"), (&ids[1], "staging-b")] {
+        c.node
+            .node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: id.clone(),
+                staging_target_path: p(stage),
+                volume_capability: Some(mount_cap()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let sn_sw = || {
+        let mut cap = mount_cap();
+        cap.access_mode = Some(csi::volume_capability::AccessMode {
+            mode: csi::volume_capability::access_mode::Mode::SingleNodeSingleWriter as i32,
+        });
+        cap
+    };
+    let publish = |id: &str, staging: &str, target: &str| csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.into(),
+        target_path: target.into(),
+        volume_capability: Some(mount_cap()),
+        ..Default::default()
+    };
+    c.node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_capability: Some(sn_sw()),
+            ..publish(&ids[0], &p("staging-a"), &p("pods/t1"))
+        })
+        .await
+        .unwrap();
+    let before = h.mounter.mounts();
+
+    let foreign = "foreign-id-1".to_string();
+    let publish_cases = vec![
+        // Required fields before IDs.
+        (
+            publish(&foreign, &p("staging-a"), ""),
+            Code::InvalidArgument,
+            "target_path",
+        ),
+        (
+            csi::NodePublishVolumeRequest {
+                volume_capability: None,
+                ..publish(&foreign, &p("staging-a"), &p("pods/x"))
+            },
+            Code::InvalidArgument,
+            "volume_capability",
+        ),
+        (
+            publish(&foreign, "", &p("pods/x")),
+            Code::InvalidArgument,
+            "staging_target_path",
+        ),
+        (
+            publish(&foreign, &p("staging-a"), &p("pods/x")),
+            Code::NotFound,
+            "foreign-id-1",
+        ),
+        // Paths outside the kubelet directory or through a symlink.
+        (
+            publish(&ids[0], &p("staging-a"), "/tmp/x"),
+            Code::InvalidArgument,
+            "kubelet directory",
+        ),
+        (
+            publish(&ids[0], "/", &p("pods/x")),
+            Code::InvalidArgument,
+            "staging_target_path",
+        ),
+        (
+            publish(&ids[0], "/proc", &p("pods/x")),
+            Code::InvalidArgument,
+            "staging_target_path",
+        ),
+        (
+            publish(&ids[0], &p("staging-a"), "relative/x"),
+            Code::InvalidArgument,
+            "absolute",
+        ),
+        (
+            publish(&ids[0], &p("staging-a"), &p("pods/escape")),
+            Code::InvalidArgument,
+            "symbolic link",
+        ),
+        (
+            publish(&ids[0], &p("staging-a"), &p("pods/escape/deeper")),
+            Code::InvalidArgument,
+            "symbolic link",
+        ),
+        // Another volume's staging mount, or a path nothing is staged at.
+        (
+            publish(&ids[0], &p("staging-b"), &p("pods/x")),
+            Code::FailedPrecondition,
+            "staging",
+        ),
+        (
+            publish(&ids[1], &p("pods"), &p("pods/x")),
+            Code::FailedPrecondition,
+            "not staged",
+        ),
+        // SINGLE_NODE_SINGLE_WRITER: a second target is refused.
+        (
+            csi::NodePublishVolumeRequest {
+                volume_capability: Some(sn_sw()),
+                ..publish(&ids[0], &p("staging-a"), &p("pods/t2"))
+            },
+            Code::FailedPrecondition,
+            "SINGLE_NODE_SINGLE_WRITER",
+        ),
+        // The same target with another volume.
+        (
+            publish(&ids[1], &p("staging-b"), &p("pods/t1")),
+            Code::AlreadyExists,
+            "pods/t1",
+        ),
+    ];
+    for (req, code, text) in publish_cases {
+        let err = c.node.node_publish_volume(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        assert!(err.message().contains(text), "{req:?}: {}", err.message());
+    }
+    assert_eq!(
+        h.mounter.mounts(),
+        before,
+        "a refused publish changed the mounts"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    assert!(!root.join("pods/x").exists() && !root.join("pods/t2").exists());
+    // The same publication again is fine.
+    c.node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_capability: Some(sn_sw()),
+            ..publish(&ids[0], &p("staging-a"), &p("pods/t1"))
+        })
+        .await
+        .unwrap();
+
+    // Re-staging with another capability.
+    let mut ro = mount_cap();
+    ro.access_mode = Some(csi::volume_capability::AccessMode {
+        mode: csi::volume_capability::access_mode::Mode::SingleNodeReaderOnly as i32,
+    });
+    let mut xfs = mount_cap();
+    if let Some(csi::volume_capability::AccessType::Mount(m)) = &mut xfs.access_type {
+        m.fs_type = "xfs".into();
+    }
+    let mut flagged = mount_cap();
+    if let Some(csi::volume_capability::AccessType::Mount(m)) = &mut flagged.access_type {
+        m.mount_flags = vec!["noatime".into()];
+    }
+    let stage =
+        |id: &str, staging: &str, cap: Option<csi::VolumeCapability>| csi::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.into(),
+            volume_capability: cap,
+            ..Default::default()
+        };
+    let stage_cases = vec![
+        (
+            stage(&foreign, "", Some(mount_cap())),
+            Code::InvalidArgument,
+            "staging_target_path",
+        ),
+        (
+            stage(&foreign, &p("s"), None),
+            Code::InvalidArgument,
+            "volume_capability",
+        ),
+        (
+            stage(&foreign, &p("s"), Some(mount_cap())),
+            Code::NotFound,
+            "foreign-id-1",
+        ),
+        (
+            stage(&ids[0], &p("pods/escape"), Some(mount_cap())),
+            Code::InvalidArgument,
+            "symbolic link",
+        ),
+        (
+            stage(&ids[0], "/mnt/outside", Some(mount_cap())),
+            Code::InvalidArgument,
+            "kubelet directory",
+        ),
+        (
+            stage(&ids[0], &p("staging-a"), Some(ro)),
+            Code::AlreadyExists,
+            "another capability",
+        ),
+        (
+            stage(&ids[0], &p("staging-a"), Some(xfs)),
+            Code::AlreadyExists,
+            "another capability",
+        ),
+        (
+            stage(&ids[0], &p("staging-a"), Some(flagged)),
+            Code::AlreadyExists,
+            "noatime",
+        ),
+        (
+            stage(&ids[0], &p("staging-a"), Some(block_cap())),
+            Code::AlreadyExists,
+            "block",
+        ),
+        (
+            stage(&ids[0], &p("staging-b"), Some(mount_cap())),
+            Code::AlreadyExists,
+            "staging-b",
+        ),
+    ];
+    let before = h.mounter.mounts();
+    for (req, code, text) in stage_cases {
+        let err = c.node.node_stage_volume(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        assert!(err.message().contains(text), "{req:?}: {}", err.message());
+    }
+    assert_eq!(
+        h.mounter.mounts(),
+        before,
+        "a refused stage changed the mounts"
+    );
+
+    // Stats answer only for the volume's own mounts.
+    let stats = |id: &str, path: &str| csi::NodeGetVolumeStatsRequest {
+        volume_id: id.into(),
+        volume_path: path.into(),
+        staging_target_path: String::new(),
+    };
+    let stats_cases = vec![
+        (stats(&foreign, ""), Code::InvalidArgument, "volume_path"),
+        (
+            stats(&foreign, &p("pods/t1")),
+            Code::NotFound,
+            "foreign-id-1",
+        ),
+        (stats(&ids[0], "some/path"), Code::NotFound, "not a mount"),
+        (stats(&ids[0], "/"), Code::NotFound, "not a mount"),
+        (stats(&ids[0], &p("pods")), Code::NotFound, "not a mount"),
+        (
+            stats(&ids[0], &p("staging-b")),
+            Code::NotFound,
+            "not a mount",
+        ),
+        (stats(&ids[1], &p("pods/t1")), Code::NotFound, "not a mount"),
+    ];
+    for (req, code, text) in stats_cases {
+        let err = c.node.node_get_volume_stats(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        assert!(err.message().contains(text), "{req:?}: {}", err.message());
+    }
+    let ok = c
+        .node
+        .node_get_volume_stats(stats(&ids[0], &p("pods/t1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.usage.len(), 2);
+
+    // Expand only grows the volume's own mount.
+    let err = c
+        .node
+        .node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: ids[1].clone(),
+            volume_path: p("staging-a"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Unpublish and unstage leave what is not the volume's.
+    let before = h.mounter.mounts();
+    let err = c
+        .node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: ids[1].clone(),
+            target_path: p("pods/t1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = c
+        .node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: ids[1].clone(),
+            staging_target_path: p("staging-a"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    c.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: ids[0].clone(),
+            target_path: p("pods/precious"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("pods/precious")).unwrap(), b"keep");
+    let err = c
+        .node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: ids[0].clone(),
+            target_path: "/etc/passwd".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(h.mounter.mounts(), before);
+    h.stop().await;
+}

@@ -126,8 +126,9 @@ node = {{ instance_id = "{instance}", zone = "{ZONE}", instance_type = "m5.large
             utf8(sim.sys_root()),
         ));
         let text = format!(
-            "[node]\nstate_dir = \"{}\"\n\n[providers.{INSTANCE}]\nkind = \"aws-ebs\"\n{settings}",
-            utf8(&sandbox.join("state"))
+            "[node]\nstate_dir = \"{}\"\nkubelet_dir = \"{}\"\n\n[providers.{INSTANCE}]\nkind = \"aws-ebs\"\n{settings}",
+            utf8(&sandbox.join("state")),
+            utf8(&sandbox.join(""))
         );
         let config = Config::parse(&text, Some(Path::new("ebs-node.toml"))).unwrap();
         let registry = build_registry(&config, "ebs-node", Mode::All)

@@ -45,6 +45,7 @@ struct Env {
 fn settings(sandbox: &Sandbox) -> NodeSettings {
     NodeSettings {
         state_dir: sandbox.join("state"),
+        kubelet_dir: sandbox.join(""),
         ..NodeSettings::default()
     }
 }
@@ -409,19 +410,160 @@ async fn unknown_signatures_are_never_formatted_over() {
         return;
     }
     let mut env = env();
-    let device = env.sandbox.loop_device(64 * MIB).path.clone();
-    must_run("mkswap", &[&device.display().to_string()]);
-    let id = env.volume("pvc-swap", &device).await;
-    let staging = env.sandbox.join("staging");
-    let err = stage(
-        &env.node,
-        stage_req(&id, &staging, mount_cap("ext4", SINGLE_NODE_WRITER)),
-    )
-    .await
-    .expect_err("swap must not be formatted");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("swap"), "{}", err.message());
-    assert_eq!(blkid_type(&device), "swap");
+    // (what is written on the device, the command, what the refusal names)
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("swap", &["mkswap"], "swap"),
+        (
+            "a dos partition table",
+            &["sh", "-c", "echo 'label: dos' | sfdisk -q"],
+            "dos",
+        ),
+        (
+            "a gpt partition table",
+            &["sh", "-c", "echo 'label: gpt' | sfdisk -q"],
+            "gpt",
+        ),
+        (
+            "an LVM physical volume",
+            &[
+                "pvcreate",
+                "-q",
+                "--config",
+                "global{activation=0} devices{use_devicesfile=0}",
+            ],
+            "LVM2_member",
+        ),
+        ("a LUKS header", &["luks"], "crypto_LUKS"),
+    ];
+    for (i, (what, command, named)) in cases.into_iter().enumerate() {
+        let device = env.sandbox.loop_device(64 * MIB).path.clone();
+        let dev = device.display().to_string();
+        match command {
+            ["luks"] => {
+                // A LUKS1 header's magic and version, as cryptsetup writes
+                // them at the start of the device.
+                let mut header = vec![0u8; 4096];
+                header[..6].copy_from_slice(b"LUKS\xba\xbe");
+                header[6..8].copy_from_slice(&1u16.to_be_bytes());
+                header[8..13].copy_from_slice(b"aes\0\0");
+                header[40..44].copy_from_slice(b"xts-");
+                header[72..78].copy_from_slice(b"sha256");
+                header[104..108].copy_from_slice(&4096u32.to_be_bytes());
+                header[108..112].copy_from_slice(&32u32.to_be_bytes());
+                header[168..172].copy_from_slice(b"0123");
+                std::fs::write(&device, &header).unwrap();
+            }
+            ["sh", "-c", script] => {
+                must_run("sh", &["-c", &format!("{script} {dev}")]);
+            }
+            [program, args @ ..] => {
+                let mut argv: Vec<&str> = args.to_vec();
+                argv.push(&dev);
+                must_run(program, &argv);
+            }
+            [] => unreachable!(),
+        }
+        let found_before = blkid_type(&device);
+        let id = env.volume(&format!("pvc-sig-{i}"), &device).await;
+        let staging = env.sandbox.join(&format!("staging-{i}"));
+        let err = stage(
+            &env.node,
+            stage_req(&id, &staging, mount_cap("ext4", SINGLE_NODE_WRITER)),
+        )
+        .await
+        .expect_err(what);
+        assert_eq!(err.code(), Code::FailedPrecondition, "{what}: {err:?}");
+        assert!(err.message().contains(named), "{what}: {}", err.message());
+        assert_eq!(blkid_type(&device), found_before, "{what} was changed");
+    }
+    // btrfs is a filesystem, but not the one asked for: never reformatted.
+    {
+        let device = env.sandbox.loop_device(128 * MIB).path.clone();
+        must_run("mkfs.btrfs", &["-q", &device.display().to_string()]);
+        let id = env.volume("pvc-btrfs", &device).await;
+        let err = stage(
+            &env.node,
+            stage_req(
+                &id,
+                &env.sandbox.join("staging-btrfs"),
+                mount_cap("ext4", SINGLE_NODE_WRITER),
+            ),
+        )
+        .await
+        .expect_err("btrfs");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("btrfs"), "{}", err.message());
+        assert_eq!(blkid_type(&device), "btrfs");
+    }
+}
+
+/// A volume restored or cloned into a larger size: the device is larger
+/// than its filesystem, and staging grows the filesystem (Kubernetes calls
+/// no NodeExpandVolume then).
+#[tokio::test]
+async fn filesystems_smaller_than_their_device_grow_at_stage() {
+    if !have_root("filesystems_smaller_than_their_device_grow_at_stage") {
+        return;
+    }
+    let mut env = env();
+    for (fs, small, large) in [("ext4", 64 * MIB, 128 * MIB), ("xfs", 320 * MIB, 480 * MIB)] {
+        let (device, index) = {
+            let dev = env.sandbox.loop_device(small);
+            (dev.path.clone(), env.sandbox.loops().len() - 1)
+        };
+        let id = env.volume(&format!("pvc-grow-{fs}"), &device).await;
+        let staging = env.sandbox.join(&format!("grow-{fs}"));
+        let cap = mount_cap(fs, SINGLE_NODE_WRITER);
+        stage(&env.node, stage_req(&id, &staging, cap.clone()))
+            .await
+            .unwrap();
+        unstage(&env.node, &id, &staging).await;
+        // The "restore": same filesystem, a larger device.
+        env.sandbox.loops()[index].grow(large);
+        stage(&env.node, stage_req(&id, &staging, cap))
+            .await
+            .unwrap();
+        let st = rustix::fs::statvfs(&staging).unwrap();
+        let total = st.f_blocks * st.f_frsize;
+        assert!(
+            total > small + (large - small) / 2,
+            "{fs}: {total} bytes after staging on a {large}-byte device"
+        );
+        unstage(&env.node, &id, &staging).await;
+    }
+}
+
+/// Copies of an XFS volume carry its UUID; they stage beside it.
+#[tokio::test]
+async fn xfs_copies_stage_beside_their_origin() {
+    if !have_root("xfs_copies_stage_beside_their_origin") {
+        return;
+    }
+    let mut env = env();
+    let origin = env.sandbox.loop_device(320 * MIB).path.clone();
+    let copy = env.sandbox.loop_device(320 * MIB).path.clone();
+    let a = env.volume("pvc-xfs-origin", &origin).await;
+    let cap = mount_cap("xfs", SINGLE_NODE_WRITER);
+    let staging_a = env.sandbox.join("xfs-origin");
+    stage(&env.node, stage_req(&a, &staging_a, cap.clone()))
+        .await
+        .unwrap();
+    must_run(
+        "dd",
+        &[
+            &format!("if={}", origin.display()),
+            &format!("of={}", copy.display()),
+            "bs=1M",
+            "status=none",
+        ],
+    );
+    let b = env.volume("pvc-xfs-copy", &copy).await;
+    let staging_b = env.sandbox.join("xfs-copy");
+    stage(&env.node, stage_req(&b, &staging_b, cap))
+        .await
+        .expect("a copy stages beside its origin");
+    unstage(&env.node, &b, &staging_b).await;
+    unstage(&env.node, &a, &staging_a).await;
 }
 
 #[tokio::test]
@@ -715,16 +857,27 @@ async fn stats_report_lost_mounts_and_unknown_paths() {
         .await
         .unwrap();
 
-    // Someone unmounts the volume behind the driver's back.
-    rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty()).unwrap();
     let resp = stats(&env.node, &id, &target).await.expect("stats");
-    let condition = resp.volume_condition.expect("condition");
-    assert!(condition.abnormal, "{condition:?}");
-    assert!(
-        condition.message.contains("not a mount point"),
-        "{}",
-        condition.message
-    );
+    assert!(!resp.volume_condition.expect("condition").abnormal);
+    // The device node of the volume still reports its size through the
+    // staging mount's source; another volume's path is not this one's.
+    let err = stats(&env.node, &id, &env.sandbox.join(""))
+        .await
+        .expect_err("kubelet dir itself");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Someone unmounts the volume behind the driver's back: the empty
+    // directory left is not a mount of the volume.
+    rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty()).unwrap();
+    let err = stats(&env.node, &id, &target)
+        .await
+        .expect_err("unmounted target");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("not a mount"), "{err:?}");
+    let err = stats(&env.node, &id, Path::new("/"))
+        .await
+        .expect_err("host root");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     let err = stats(&env.node, &id, &env.sandbox.join("nowhere"))
         .await

@@ -32,14 +32,48 @@ use crate::generated::csi::volume_capability::AccessType;
 use crate::generated::csi::volume_capability::access_mode::Mode;
 use crate::ids::{MAX_NODE_ID_BYTES, NodeId, ScopedId};
 use crate::locks::InFlightGuard;
+use crate::mount::confine::{ConfinedPath, is_confinement_error};
 use crate::mount::{
     DeviceNumber, FormatOptions, FsType, MountError, MountInfo, MountOptions, Mounter, Probe,
-    format, top_mounts,
+    canonical, format, top_mounts,
 };
 use crate::routing::Instance;
 
-/// Longest path accepted from the CO.
-const MAX_PATH_BYTES: usize = 4096;
+/// Longest path accepted from the CO or a provider.
+const MAX_PATH_BYTES: usize = crate::mount::confine::MAX_PATH_BYTES;
+/// How long unpublish, unstage, stats and expand wait for a provider to
+/// name a volume's device before giving up (they need it only to check
+/// that a mount is the volume's).
+const DEVICE_LOOKUP: std::time::Duration = std::time::Duration::from_secs(15);
+/// A filesystem this much smaller than its device is grown at staging
+/// (restores and clones larger than their source).
+const GROW_SLACK_BYTES: u64 = 1 << 20;
+/// Mount flags that map to per-mount `MS_*` flags the mount table shows;
+/// two stagings of one volume must agree on them.
+const PER_MOUNT_FLAGS: [&str; 9] = [
+    "ro",
+    "noatime",
+    "nodiratime",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "sync",
+    "dirsync",
+    "nosymfollow",
+];
+/// Flags that ask for the default and leave no trace in the mount table.
+const DEFAULT_FLAGS: [&str; 10] = [
+    "defaults",
+    "rw",
+    "async",
+    "dev",
+    "exec",
+    "suid",
+    "atime",
+    "diratime",
+    "relatime",
+    "nolazytime",
+];
 /// Mounts stacked on one path that unpublish/unstage will peel off before
 /// giving up (more means something else keeps mounting there).
 const MAX_STACKED_MOUNTS: usize = 16;
@@ -76,11 +110,6 @@ fn host_err(what: impl Into<String>) -> impl FnOnce(MountError) -> CoreError {
     }
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CoreError {
-    let what = what.into();
-    move |err| CoreError::node(what, err)
-}
-
 /// Checks a path handed over by the CO or a provider before it reaches a
 /// syscall: absolute, no `..`, no control characters.
 fn checked_path(raw: &str) -> Option<PathBuf> {
@@ -92,14 +121,28 @@ fn checked_path(raw: &str) -> Option<PathBuf> {
     ok.then(|| path.to_path_buf())
 }
 
-/// A required path field of a request.
-fn path_field(field: &str, raw: &str) -> CoreResult<PathBuf> {
-    validate::required(field, raw)?;
-    checked_path(raw).ok_or_else(|| {
-        CoreError::InvalidArgument(format!(
-            "{field} must be an absolute path without `..` or control characters, got {raw:?}"
-        ))
-    })
+/// A path value for messages: escaped, and cut when long.
+fn shown(raw: &str) -> String {
+    crate::csi::validate::shown(raw)
+}
+
+/// An `io::Error` from resolving a confined path: a symlink or an escape
+/// is the caller's fault, anything else a node failure.
+fn confined_io(field: &'static str, path: &ConfinedPath) -> impl FnOnce(io::Error) -> CoreError {
+    let shown = path.path().display().to_string();
+    move |e| {
+        if is_confinement_error(&e) {
+            CoreError::InvalidArgument(format!(
+                "{field} {shown} crosses a symbolic link or leaves the kubelet directory"
+            ))
+        } else {
+            CoreError::node(format!("resolving {field} {shown}"), e)
+        }
+    }
+}
+
+fn access_mode(cap: &csi::VolumeCapability) -> i32 {
+    cap.access_mode.as_ref().map_or(0, |m| m.mode)
 }
 
 fn capability_field(cap: Option<&csi::VolumeCapability>) -> CoreResult<&csi::VolumeCapability> {
@@ -150,6 +193,19 @@ fn filesystem_to_mount(found: &str, wanted: FsChoice) -> CoreResult<String> {
     )))
 }
 
+/// Whether `instance` serves CSI ephemeral inline volumes on this node:
+/// its provider supports them, and `[node.ephemeral] instances` lists it
+/// (when absent: node-local instances only, never a cloud instance).
+pub fn serves_ephemeral(driver: &crate::Driver, instance: &Instance) -> bool {
+    if !instance.info.ephemeral {
+        return false;
+    }
+    match &driver.node.ephemeral.instances {
+        Some(allowed) => allowed.iter().any(|name| *name == instance.name),
+        None => instance.info.node_local,
+    }
+}
+
 fn rpc_capability(kind: RpcType) -> csi::NodeServiceCapability {
     csi::NodeServiceCapability {
         r#type: Some(CapType::Rpc(Rpc {
@@ -183,16 +239,6 @@ impl NodeService {
         tokio::task::spawn_blocking(move || work(mounter.as_ref()))
             .await
             .map_err(|e| MountError::TaskFailed(e.to_string()))?
-    }
-
-    async fn find_mount(&self, path: &Path) -> CoreResult<Option<MountInfo>> {
-        let owned = path.to_path_buf();
-        self.host(move |m| m.find_mount(&owned))
-            .await
-            .map_err(host_err(format!(
-                "reading the mount table for {}",
-                path.display()
-            )))
     }
 
     async fn device_number(&self, device: &Path) -> CoreResult<DeviceNumber> {
@@ -300,89 +346,112 @@ impl NodeService {
     async fn mount_device(
         &self,
         device: &Path,
-        target: &Path,
+        target: &ConfinedPath,
         fs_type: String,
         options: MountOptions,
     ) -> CoreResult<()> {
-        tokio::fs::create_dir_all(target)
-            .await
-            .map_err(io_err(format!("creating {}", target.display())))?;
-        let (dev, tgt) = (device.to_path_buf(), target.to_path_buf());
+        let (dev, tgt) = (device.to_path_buf(), target.clone());
         let what = format!(
             "mounting {} on {} as {fs_type}",
             device.display(),
-            target.display()
+            target.path().display()
         );
-        self.host(move |m| m.mount(&dev, &tgt, &fs_type, &options))
-            .await
-            .map_err(host_err(what))
-    }
-
-    /// Unmounts everything stacked on `path`, then removes the directory
-    /// or file a publish or stage created there, in one blocking step.
-    /// Absent is fine; a directory that is not empty is left alone (its
-    /// contents were written while nothing was mounted, and are not this
-    /// driver's to delete).
-    async fn clear_mount_point(&self, path: &Path) -> CoreResult<()> {
-        let owned = path.to_path_buf();
-        let cleared = self
+        let outcome = self
             .host(move |m| {
-                // The kernel says whether anything is mounted: unmounting a
-                // path that is no mount point fails with EINVAL (ENOENT when
-                // it is gone), which saves reading the mount table around
-                // every unmount.
-                for _ in 0..MAX_STACKED_MOUNTS {
-                    match m.unmount(&owned) {
-                        Ok(()) => continue,
-                        Err(e)
-                            if matches!(
-                                e.io_kind(),
-                                io::ErrorKind::InvalidInput | io::ErrorKind::NotFound
-                            ) =>
-                        {
-                            return Ok(Some(remove_mount_point(&owned)));
-                        }
-                        Err(e) => return Err(e),
-                    }
+                if let Err(e) = tgt.create_dir_all() {
+                    return Ok(Err(e));
                 }
-                Ok(None)
+                m.mount(&dev, tgt.path(), &fs_type, &options).map(Ok)
             })
             .await
-            .map_err(host_err(format!("unmounting {}", path.display())))?;
-        match cleared {
-            None => Err(CoreError::Internal(format!(
-                "{} is still mounted after {MAX_STACKED_MOUNTS} unmounts",
-                path.display()
-            ))),
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Some(Err(e)) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
-                tracing::warn!(path = %path.display(), "left a non-empty directory behind after unmounting it");
-                Ok(())
+            .map_err(host_err(what))?;
+        outcome.map_err(|e| {
+            if is_confinement_error(&e) {
+                CoreError::InvalidArgument(format!(
+                    "{} crosses a symbolic link or leaves the kubelet directory",
+                    target.path().display()
+                ))
+            } else {
+                CoreError::node(format!("creating {}", target.path().display()), e)
             }
-            Some(Err(e)) => Err(CoreError::node(format!("removing {}", path.display()), e)),
-        }
+        })
+    }
+
+    /// A required path field, confined beneath the kubelet directory.
+    fn confine(&self, field: &'static str, raw: &str) -> CoreResult<ConfinedPath> {
+        validate::required(field, raw)?;
+        self.driver
+            .kubelet
+            .confine(raw)
+            .map_err(|e| CoreError::InvalidArgument(format!("{field} {} {e}", shown(raw))))
+    }
+
+    /// The device number of `id`'s block device on this node, as its
+    /// provider finds it, bounded by `wait` (`None`: the provider's own
+    /// bound).
+    async fn volume_device(
+        &self,
+        instance: &Instance,
+        id: &ScopedId,
+        publish_context: &BTreeMap<String, String>,
+        volume_context: &BTreeMap<String, String>,
+        wait: Option<std::time::Duration>,
+    ) -> CoreResult<(PathBuf, DeviceNumber)> {
+        let lookup = self.find_device(instance, id, publish_context, volume_context);
+        let device = match wait {
+            None => lookup.await?,
+            Some(limit) => tokio::time::timeout(limit, lookup).await.map_err(|_| {
+                CoreError::FailedPrecondition(format!(
+                    "provider instance {} did not name the device of {id} within {limit:?}",
+                    instance.name
+                ))
+            })??,
+        };
+        let number = self.device_number(&device).await?;
+        Ok((device, number))
+    }
+
+    /// The parsed ID and its instance; malformed or foreign IDs are `NotFound`.
+    fn volume(&self, raw: &str) -> CoreResult<(ScopedId, &Instance)> {
+        let id = validate::existing_id("volume", "volume_id", raw)?;
+        let instance = self.driver.registry.for_id(&id)?;
+        Ok((id, instance))
     }
 
     async fn stage(
         &self,
         req: csi::NodeStageVolumeRequest,
     ) -> CoreResult<csi::NodeStageVolumeResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
-        let staging = path_field("staging_target_path", &req.staging_target_path)?;
+        validate::required("volume_id", &req.volume_id)?;
+        validate::required("staging_target_path", &req.staging_target_path)?;
         let cap = capability_field(req.volume_capability.as_ref())?;
+        let staging = self.confine("staging_target_path", &req.staging_target_path)?;
+        let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
-        let instance = self.driver.registry.for_id(&id)?;
         if let Some(why) = validate::unsupported_by(&instance.info, cap) {
             return Err(CoreError::FailedPrecondition(why));
         }
-        let device = self
-            .find_device(instance, &id, &req.publish_context, &req.volume_context)
+        let (device, number) = self
+            .volume_device(
+                instance,
+                &id,
+                &req.publish_context,
+                &req.volume_context,
+                None,
+            )
             .await?;
-        let number = self.device_number(&device).await?;
+        let existing = self.mount_at(&staging, "staging_target_path").await?;
         let Some(mount) = mount_volume(cap) else {
             // Block volumes are bound straight from the device at publish;
-            // staging only proves the device is there.
+            // staging only proves the device is there, and refuses a path
+            // where this volume is already staged as a filesystem.
+            if let Some(existing) = existing {
+                return Err(CoreError::AlreadyExists(format!(
+                    "{} is already a filesystem mount of device {}; {id} cannot be staged there as a block volume",
+                    staging.path().display(),
+                    existing.device
+                )));
+            }
             return Ok(csi::NodeStageVolumeResponse {});
         };
 
@@ -395,25 +464,103 @@ impl NodeService {
             options.make_read_only();
         }
 
-        if let Some(existing) = self.find_mount(&staging).await? {
-            if existing.device == number {
-                return Ok(csi::NodeStageVolumeResponse {});
+        if let Some(existing) = existing {
+            if existing.device != number {
+                return Err(CoreError::AlreadyExists(format!(
+                    "{} is already the mount of device {} ({}), not of {id}'s device {} ({number})",
+                    staging.path().display(),
+                    existing.source,
+                    existing.device,
+                    device.display()
+                )));
             }
-            return Err(CoreError::AlreadyExists(format!(
-                "{} is already the mount of device {} ({}), not of {id}'s device {} ({number})",
-                staging.display(),
-                existing.source,
-                existing.device,
-                device.display()
-            )));
+            return restage_matches(&existing, wanted, &options)
+                .map(|()| csi::NodeStageVolumeResponse {})
+                .map_err(|why| {
+                    CoreError::AlreadyExists(format!(
+                        "{id} is already staged at {} with another capability: {why}",
+                        staging.path().display()
+                    ))
+                });
         }
 
         let fs_type = self
             .ensure_filesystem(&device, wanted, &format_options)
             .await?;
-        self.mount_device(&device, &staging, fs_type, options)
+        if fs_type != "xfs" {
+            self.grow_if_smaller(&device, &fs_type, None).await?;
+        } else {
+            // Copies of an XFS volume share its UUID; XFS refuses to mount
+            // a second filesystem with a UUID already mounted unless told.
+            options.add("nouuid");
+        }
+        self.mount_device(&device, &staging, fs_type.clone(), options)
             .await?;
+        if fs_type == "xfs" {
+            self.grow_if_smaller(&device, &fs_type, Some(staging.path()))
+                .await?;
+        }
         Ok(csi::NodeStageVolumeResponse {})
+    }
+
+    /// Grows the filesystem on `device` when it is smaller than the device
+    /// (a volume restored or cloned into a larger size): unmounted ext
+    /// filesystems offline, XFS through its mount point.
+    async fn grow_if_smaller(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> CoreResult<()> {
+        let (dev, fs) = (device.to_path_buf(), fs_type.to_owned());
+        let mount_point = mount_point.map(Path::to_path_buf);
+        let grown = self
+            .host(move |m| {
+                let Some(fs_bytes) = m.filesystem_size(&dev, &fs)? else {
+                    return Ok(None);
+                };
+                let device_bytes = m.device_size(&dev)?;
+                if fs_bytes.saturating_add(GROW_SLACK_BYTES) >= device_bytes {
+                    return Ok(None);
+                }
+                match &mount_point {
+                    Some(at) => m.grow_filesystem(&dev, at, &fs)?,
+                    None => m.grow_unmounted(&dev, &fs)?,
+                }
+                Ok(Some((fs_bytes, device_bytes)))
+            })
+            .await
+            .map_err(host_err(format!(
+                "growing the {fs_type} filesystem on {} to its device's size",
+                device.display()
+            )))?;
+        if let Some((from, to)) = grown {
+            tracing::info!(device = %device.display(), fs = fs_type, from, to, "grew a filesystem smaller than its device");
+        }
+        Ok(())
+    }
+
+    /// The topmost mount exactly at `path`, after checking that no
+    /// component of it is a symlink.
+    async fn mount_at(
+        &self,
+        path: &ConfinedPath,
+        field: &'static str,
+    ) -> CoreResult<Option<MountInfo>> {
+        let owned = path.clone();
+        let checked = self
+            .host(move |m| {
+                if let Err(e) = owned.check() {
+                    return Ok(Err(e));
+                }
+                m.find_mount(owned.path()).map(Ok)
+            })
+            .await
+            .map_err(host_err(format!(
+                "reading the mount table for {}",
+                path.path().display()
+            )))?;
+        checked.map_err(confined_io(field, path))
     }
 
     async fn unstage(
@@ -421,10 +568,93 @@ impl NodeService {
         req: csi::NodeUnstageVolumeRequest,
     ) -> CoreResult<csi::NodeUnstageVolumeResponse> {
         validate::required("volume_id", &req.volume_id)?;
-        let staging = path_field("staging_target_path", &req.staging_target_path)?;
+        let staging = self.confine("staging_target_path", &req.staging_target_path)?;
+        let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
-        self.clear_mount_point(&staging).await?;
+        if self
+            .mount_at(&staging, "staging_target_path")
+            .await?
+            .is_none()
+        {
+            return Ok(csi::NodeUnstageVolumeResponse {});
+        }
+        let (_, number) = self
+            .volume_device(
+                instance,
+                &id,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                Some(DEVICE_LOOKUP),
+            )
+            .await?;
+        self.clear_owned_mounts(&id, "staging_target_path", &staging, number, false)
+            .await?;
         Ok(csi::NodeUnstageVolumeResponse {})
+    }
+
+    /// Unmounts the mounts stacked at `path` as long as they are `id`'s
+    /// (a filesystem on its device, or for `block` its device node bound
+    /// on a file), then removes the mount point it leaves. A mount of
+    /// anything else is refused and left alone.
+    async fn clear_owned_mounts(
+        &self,
+        id: &ScopedId,
+        field: &'static str,
+        path: &ConfinedPath,
+        volume_device: DeviceNumber,
+        block: bool,
+    ) -> CoreResult<()> {
+        let owned = path.clone();
+        let outcome = self
+            .host(move |m| {
+                let mut unmounted = 0;
+                for _ in 0..MAX_STACKED_MOUNTS {
+                    if let Err(e) = owned.check() {
+                        return Ok(ClearStep::Unsafe(e));
+                    }
+                    let Some(top) = m.find_mount(owned.path())? else {
+                        if unmounted > 0 {
+                            return Ok(ClearStep::Done(owned.remove()));
+                        }
+                        return Ok(ClearStep::Done(Ok(())));
+                    };
+                    let bound = if block || top.fs_type == "devtmpfs" {
+                        m.device_number(owned.path()).ok()
+                    } else {
+                        Some(top.device)
+                    };
+                    if bound != Some(volume_device) {
+                        return Ok(ClearStep::Foreign(top));
+                    }
+                    m.unmount(owned.path())?;
+                    unmounted += 1;
+                }
+                Ok(ClearStep::TooMany)
+            })
+            .await
+            .map_err(host_err(format!("unmounting {}", path.path().display())))?;
+        match outcome {
+            ClearStep::Done(Ok(())) => Ok(()),
+            ClearStep::Done(Err(e)) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                tracing::warn!(path = %path.path().display(), "left a non-empty directory behind after unmounting it");
+                Ok(())
+            }
+            ClearStep::Done(Err(e)) => Err(CoreError::node(
+                format!("removing {}", path.path().display()),
+                e,
+            )),
+            ClearStep::Unsafe(e) => Err(confined_io(field, path)(e)),
+            ClearStep::Foreign(top) => Err(CoreError::FailedPrecondition(format!(
+                "{field} {} holds a mount of {} ({}), not of {id}'s device ({volume_device}); it is left alone",
+                path.path().display(),
+                top.source,
+                top.device
+            ))),
+            ClearStep::TooMany => Err(CoreError::Internal(format!(
+                "{} is still mounted after {MAX_STACKED_MOUNTS} unmounts",
+                path.path().display()
+            ))),
+        }
     }
 
     async fn publish(
@@ -434,158 +664,53 @@ impl NodeService {
         if get_ci(&req.volume_context, EPHEMERAL_KEY) == Some("true") {
             return self.publish_ephemeral(req).await;
         }
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
-        let target = path_field("target_path", &req.target_path)?;
+        validate::required("volume_id", &req.volume_id)?;
+        validate::required("staging_target_path", &req.staging_target_path)?;
+        validate::required("target_path", &req.target_path)?;
         let cap = capability_field(req.volume_capability.as_ref())?;
+        let staging = self.confine("staging_target_path", &req.staging_target_path)?;
+        let target = self.confine("target_path", &req.target_path)?;
+        if staging.path() == target.path() {
+            return Err(CoreError::InvalidArgument(
+                "target_path and staging_target_path are the same path".into(),
+            ));
+        }
+        let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
-        let instance = self.driver.registry.for_id(&id)?;
         if let Some(why) = validate::unsupported_by(&instance.info, cap) {
             return Err(CoreError::FailedPrecondition(why));
         }
         let read_only = req.readonly || reader_only(cap);
-        if is_block(cap) {
-            self.publish_block(instance, &id, &req, &target, read_only)
-                .await?;
-        } else {
-            self.publish_mount(&id, &req.staging_target_path, &target, read_only)
-                .await?;
-        }
-        Ok(csi::NodePublishVolumeResponse {})
-    }
-
-    async fn publish_mount(
-        &self,
-        id: &ScopedId,
-        staging_raw: &str,
-        target: &Path,
-        read_only: bool,
-    ) -> CoreResult<()> {
-        if staging_raw.is_empty() {
-            return Err(CoreError::FailedPrecondition(
-                "staging_target_path is required: this driver stages volumes before publishing them".into(),
-            ));
-        }
-        let staging = path_field("staging_target_path", staging_raw)?;
-        // One blocking step: one read of the mount table, then the bind
-        // mount if the target is free.
-        let (src, tgt) = (staging.clone(), target.to_path_buf());
-        let step = self
-            .host(move |m| {
-                let [staged, existing] = top_mounts(&m.mount_table()?, [&src, &tgt]);
-                let Some(staged) = staged else {
-                    return Ok(PublishStep::NotStaged);
-                };
-                if let Some(existing) = existing {
-                    return Ok(PublishStep::Occupied {
-                        staged: staged.device,
-                        existing: existing.device,
-                        existing_read_only: existing.is_read_only(),
-                    });
-                }
-                std::fs::create_dir_all(&tgt).map_err(|source| MountError::CreateMountPoint {
-                    path: tgt.clone(),
-                    source,
-                })?;
-                m.bind_mount(&src, &tgt, read_only)?;
-                Ok(PublishStep::Mounted)
-            })
-            .await
-            .map_err(host_err(format!(
-                "bind-mounting {} on {}",
-                staging.display(),
-                target.display()
-            )))?;
-        match step {
-            PublishStep::Mounted => Ok(()),
-            PublishStep::NotStaged => Err(CoreError::FailedPrecondition(format!(
-                "{id} is not staged at {}",
-                staging.display()
-            ))),
-            PublishStep::Occupied {
-                staged,
-                existing,
-                existing_read_only,
-            } => {
-                if existing == staged && existing_read_only == read_only {
-                    return Ok(());
-                }
-                Err(CoreError::AlreadyExists(format!(
-                    "{} is already a {} mount of device {}, not a {} mount of {id} ({})",
-                    target.display(),
-                    if existing_read_only {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    },
-                    existing,
-                    if read_only { "read-only" } else { "read-write" },
-                    staged
-                )))
-            }
-        }
-    }
-
-    async fn publish_block(
-        &self,
-        instance: &Instance,
-        id: &ScopedId,
-        req: &csi::NodePublishVolumeRequest,
-        target: &Path,
-        read_only: bool,
-    ) -> CoreResult<()> {
-        let device = self
-            .find_device(instance, id, &req.publish_context, &req.volume_context)
+        let (device, number) = self
+            .volume_device(
+                instance,
+                &id,
+                &req.publish_context,
+                &req.volume_context,
+                None,
+            )
             .await?;
-        let number = self.device_number(&device).await?;
-        if let Some(existing) = self.find_mount(target).await? {
-            let bound = self.device_number(target).await.ok();
-            if bound == Some(number) && existing.is_read_only() == read_only {
-                return Ok(());
-            }
-            return Err(CoreError::AlreadyExists(format!(
-                "{} is already a mount of something other than a {} binding of {id}'s device {}",
-                target.display(),
-                if read_only { "read-only" } else { "read-write" },
-                device.display()
-            )));
-        }
-        match tokio::fs::metadata(target).await {
-            Ok(meta) if meta.is_dir() => {
-                return Err(CoreError::InvalidArgument(format!(
-                    "target_path {} is a directory; block volumes are published on a file",
-                    target.display()
-                )));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(parent) = target.parent() {
-                    tokio::fs::create_dir_all(parent)
-                        .await
-                        .map_err(io_err(format!("creating {}", parent.display())))?;
-                }
-                tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(target)
-                    .await
-                    .map_err(io_err(format!("creating {}", target.display())))?;
-            }
-            Err(e) => {
-                return Err(CoreError::node(
-                    format!("inspecting {}", target.display()),
-                    e,
-                ));
-            }
-        }
-        let (src, tgt) = (device.clone(), target.to_path_buf());
-        self.host(move |m| m.bind_mount(&src, &tgt, read_only))
+        let exclusive = access_mode(cap) == Mode::SingleNodeSingleWriter as i32;
+        let plan = PublishPlan {
+            staging,
+            target,
+            device,
+            number,
+            read_only,
+            exclusive,
+            block: is_block(cap),
+        };
+        let target_shown = plan.target.path().display().to_string();
+        let step = self
+            .host(move |m| plan.run(m))
             .await
-            .map_err(host_err(format!(
-                "bind-mounting {} on {}",
-                device.display(),
-                target.display()
-            )))
+            .map_err(host_err(format!("publishing {id} at {target_shown}")))?;
+        match step {
+            PublishStep::Mounted | PublishStep::AlreadyThere => {
+                Ok(csi::NodePublishVolumeResponse {})
+            }
+            PublishStep::Refused(err) => Err(err.into_core(&id)),
+        }
     }
 
     async fn unpublish(
@@ -593,16 +718,39 @@ impl NodeService {
         req: csi::NodeUnpublishVolumeRequest,
     ) -> CoreResult<csi::NodeUnpublishVolumeResponse> {
         validate::required("volume_id", &req.volume_id)?;
-        let target = path_field("target_path", &req.target_path)?;
+        let target = self.confine("target_path", &req.target_path)?;
         let _guard = self.claim(&req.volume_id)?;
-        // Unpublish needs no provider: a volume whose instance was removed
-        // from the configuration can still be unmounted.
         if let Ok(kubelet_id) = KubeletVolumeId::parse(&req.volume_id) {
             if let Some(record) = self.state_store().load(&kubelet_id)? {
                 return self.unpublish_ephemeral(&kubelet_id, record, &target).await;
             }
         }
-        self.clear_mount_point(&target).await?;
+        let mounted = self.mount_at(&target, "target_path").await?.is_some();
+        let (id, instance) = match self.volume(&req.volume_id) {
+            Ok(found) => found,
+            // An inline volume already cleaned up (its kubelet ID is no
+            // driver ID): nothing of it is left to unpublish.
+            Err(e) if e.is_not_found() && !mounted => {
+                return Ok(csi::NodeUnpublishVolumeResponse {});
+            }
+            Err(e) => return Err(e),
+        };
+        if !mounted {
+            // Nothing is mounted there; whatever else is at the path is not
+            // this driver's to delete.
+            return Ok(csi::NodeUnpublishVolumeResponse {});
+        }
+        let (_, number) = self
+            .volume_device(
+                instance,
+                &id,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                Some(DEVICE_LOOKUP),
+            )
+            .await?;
+        self.clear_owned_mounts(&id, "target_path", &target, number, false)
+            .await?;
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
 
@@ -610,9 +758,11 @@ impl NodeService {
         &self,
         req: csi::NodePublishVolumeRequest,
     ) -> CoreResult<csi::NodePublishVolumeResponse> {
-        let kubelet_id = KubeletVolumeId::parse(&req.volume_id)?;
-        let target = path_field("target_path", &req.target_path)?;
+        validate::required("volume_id", &req.volume_id)?;
+        validate::required("target_path", &req.target_path)?;
         let cap = capability_field(req.volume_capability.as_ref())?;
+        let target = self.confine("target_path", &req.target_path)?;
+        let kubelet_id = KubeletVolumeId::parse(&req.volume_id)?;
         let Some(mount) = mount_volume(cap) else {
             return Err(CoreError::InvalidArgument(
                 "ephemeral inline volumes are filesystem volumes, not block volumes".into(),
@@ -626,22 +776,22 @@ impl NodeService {
             ))
         })?;
         let instance = self.driver.registry.get(instance_name)?;
-        if !instance.info.ephemeral {
+        if !serves_ephemeral(&self.driver, instance) {
             return Err(CoreError::InvalidArgument(format!(
-                "provider instance {} ({}) does not serve ephemeral inline volumes",
+                "provider instance {} ({}) does not serve ephemeral inline volumes here (the provider must support them and [node.ephemeral] instances allow it; cloud instances only when listed)",
                 instance.name, instance.info.kind
             )));
         }
         let _guard = self.claim(kubelet_id.as_str())?;
         let store = self.state_store();
         if let Some(record) = store.load(&kubelet_id)? {
-            if record.target_path != target {
+            if record.target_path != target.path() {
                 return Err(CoreError::AlreadyExists(format!(
                     "ephemeral volume {kubelet_id} is already published at {}",
                     record.target_path.display()
                 )));
             }
-            if self.find_mount(&target).await?.is_some() {
+            if self.mount_at(&target, "target_path").await?.is_some() {
                 return Ok(csi::NodePublishVolumeResponse {});
             }
             // Otherwise an earlier attempt stopped half-way: creating is
@@ -653,6 +803,14 @@ impl NodeService {
             None => 0,
             Some(raw) => ephemeral::parse_size(raw).map_err(CoreError::InvalidArgument)?,
         };
+        let max = ephemeral::parse_size(&self.driver.node.ephemeral.max_size).map_err(|e| {
+            CoreError::Internal(format!("[node.ephemeral] max_size is unusable: {e}"))
+        })?;
+        if size > max {
+            return Err(CoreError::OutOfRange(format!(
+                "an ephemeral inline volume may hold at most {max} bytes ([node.ephemeral] max_size); {size} were asked for"
+            )));
+        }
         let mut params: BTreeMap<String, String> = ctx
             .iter()
             .filter(|(k, _)| {
@@ -687,7 +845,7 @@ impl NodeService {
         let id = super::convert::scoped(&instance.name, &volume.id)?;
         let mut record = Record {
             volume_id: id.to_string(),
-            target_path: target.clone(),
+            target_path: target.path().to_path_buf(),
             attached_node: None,
         };
         // Saved before anything else can fail, so unpublish can always clean up.
@@ -736,9 +894,8 @@ impl NodeService {
         &self,
         kubelet_id: &KubeletVolumeId,
         record: Record,
-        target: &Path,
+        target: &ConfinedPath,
     ) -> CoreResult<csi::NodeUnpublishVolumeResponse> {
-        self.clear_mount_point(target).await?;
         let id = ScopedId::parse(&record.volume_id).map_err(|e| {
             CoreError::Internal(format!(
                 "the state of ephemeral volume {kubelet_id} names an unusable volume {:?}: {e}",
@@ -746,6 +903,19 @@ impl NodeService {
             ))
         })?;
         let instance = self.driver.registry.for_id(&id)?;
+        if self.mount_at(target, "target_path").await?.is_some() {
+            let (_, number) = self
+                .volume_device(
+                    instance,
+                    &id,
+                    &BTreeMap::new(),
+                    &BTreeMap::new(),
+                    Some(DEVICE_LOOKUP),
+                )
+                .await?;
+            self.clear_owned_mounts(&id, "target_path", target, number, false)
+                .await?;
+        }
         if let Some(node) = &record.attached_node {
             instance
                 .provider
@@ -768,32 +938,80 @@ impl NodeService {
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
 
+    /// The mount of `id` at a stats or expand `volume_path`, and whether it
+    /// is a block binding; `NotFound` when the path is not a mount of this
+    /// volume (outside the kubelet directory, relative, unmounted, another
+    /// volume's). `Err(Ok(e))` carries a device lookup failure.
+    async fn owned_mount(
+        &self,
+        id: &ScopedId,
+        instance: &Instance,
+        raw: &str,
+    ) -> CoreResult<Result<(ConfinedPath, MountInfo, bool, DeviceNumber), CoreError>> {
+        let not_found = |why: String| {
+            CoreError::NotFound(format!(
+                "volume_path {} is not a mount of {id}: {why}",
+                shown(raw)
+            ))
+        };
+        let path = self
+            .driver
+            .kubelet
+            .confine(raw)
+            .map_err(|e| not_found(e.to_string()))?;
+        let mount = match self.mount_at(&path, "volume_path").await {
+            Ok(Some(mount)) => mount,
+            Ok(None) => return Err(not_found("nothing is mounted there".into())),
+            Err(CoreError::InvalidArgument(why)) => return Err(not_found(why)),
+            Err(e) => return Err(e),
+        };
+        let number = match self
+            .volume_device(
+                instance,
+                id,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                Some(DEVICE_LOOKUP),
+            )
+            .await
+        {
+            Ok((_, number)) => number,
+            Err(e) => return Ok(Err(e)),
+        };
+        let owned = path.path().to_path_buf();
+        let bound = self
+            .host(move |m| Ok(m.device_number(&owned).ok()))
+            .await
+            .ok()
+            .flatten();
+        let (block, device) = match bound {
+            Some(rdev) => (true, rdev),
+            None => (false, mount.device),
+        };
+        if device != number {
+            return Err(not_found(format!(
+                "the mount there is of device {device}, the volume's is {number}"
+            )));
+        }
+        Ok(Ok((path, mount, block, number)))
+    }
+
     async fn stats(
         &self,
         req: csi::NodeGetVolumeStatsRequest,
     ) -> CoreResult<csi::NodeGetVolumeStatsResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
-        let path = path_field("volume_path", &req.volume_path)?;
-        let instance = self.driver.registry.for_id(&id)?;
-        let is_dir = match tokio::fs::metadata(&path).await {
-            Ok(meta) => Some(meta.is_dir()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(CoreError::NotFound(format!(
-                    "volume_path {} does not exist",
-                    path.display()
-                )));
-            }
-            // A mount whose device vanished can fail stat with EIO: report
-            // it as a condition below rather than fail the call.
-            Err(_) => None,
-        };
-
+        validate::required("volume_id", &req.volume_id)?;
+        validate::required("volume_path", &req.volume_path)?;
+        let (id, instance) = self.volume(&req.volume_id)?;
         let mut problems = Vec::new();
         let mut usage = Vec::new();
-        match self.find_mount(&path).await? {
-            None => problems.push(format!("{} is not a mount point any more", path.display())),
-            Some(mount) if is_dir == Some(false) => {
-                let owned = path.clone();
+        match self.owned_mount(&id, instance, &req.volume_path).await? {
+            Err(lookup) => problems.push(format!(
+                "the device of {id} cannot be found on this node: {}",
+                lookup.full_message()
+            )),
+            Ok((path, _, true, _)) => {
+                let owned = path.path().to_path_buf();
                 match self.host(move |m| m.device_size(&owned)).await {
                     Ok(size) => usage.push(csi::VolumeUsage {
                         total: i64::try_from(size).unwrap_or(i64::MAX),
@@ -802,12 +1020,12 @@ impl NodeService {
                     }),
                     Err(e) => problems.push(format!(
                         "the device bound at {} is gone: {e}",
-                        mount.mount_point.display()
+                        path.path().display()
                     )),
                 }
             }
-            Some(mount) => {
-                let owned = path.clone();
+            Ok((path, mount, false, _)) => {
+                let owned = path.path().to_path_buf();
                 match self.host(move |m| m.filesystem_stats(&owned)).await {
                     Ok(st) => {
                         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -826,7 +1044,7 @@ impl NodeService {
                     }
                     Err(e) => problems.push(format!(
                         "cannot read the filesystem at {}: {e}",
-                        path.display()
+                        path.path().display()
                     )),
                 }
                 if let Some(source) = checked_path(&mount.source) {
@@ -870,45 +1088,32 @@ impl NodeService {
         &self,
         req: csi::NodeExpandVolumeRequest,
     ) -> CoreResult<csi::NodeExpandVolumeResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
-        let path = path_field("volume_path", &req.volume_path)?;
+        validate::required("volume_id", &req.volume_id)?;
+        validate::required("volume_path", &req.volume_path)?;
         let (required, _limit) = validate::capacity_range(req.capacity_range.as_ref())?;
         if let Some(cap) = &req.volume_capability {
             validate::capability("volume_capability", cap)?;
         }
+        if !req.staging_target_path.is_empty() {
+            self.confine("staging_target_path", &req.staging_target_path)?;
+        }
+        let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
-        self.driver.registry.for_id(&id)?;
-        let meta = match tokio::fs::metadata(&path).await {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(CoreError::NotFound(format!(
-                    "volume_path {} does not exist",
-                    path.display()
-                )));
-            }
-            Err(e) => return Err(CoreError::node(format!("inspecting {}", path.display()), e)),
-        };
-        let block = req.volume_capability.as_ref().is_some_and(is_block) || !meta.is_dir();
-        if block {
+        let (path, mount, block, _) = self.owned_mount(&id, instance, &req.volume_path).await??;
+        if block || req.volume_capability.as_ref().is_some_and(is_block) {
             // A block volume grows with its device; nothing to resize here.
-            let owned = path.clone();
+            let owned = path.path().to_path_buf();
             let size = self
                 .host(move |m| m.device_size(&owned))
                 .await
-                .map_err(host_err(format!("reading the size of {}", path.display())))?;
+                .map_err(host_err(format!(
+                    "reading the size of {}",
+                    path.path().display()
+                )))?;
             return Ok(csi::NodeExpandVolumeResponse {
                 capacity_bytes: i64::try_from(size).unwrap_or(i64::MAX),
             });
         }
-
-        let mut mount = self.find_mount(&path).await?;
-        if mount.is_none() && !req.staging_target_path.is_empty() {
-            let staging = path_field("staging_target_path", &req.staging_target_path)?;
-            mount = self.find_mount(&staging).await?;
-        }
-        let mount = mount.ok_or_else(|| {
-            CoreError::FailedPrecondition(format!("{id} is not mounted at {}", path.display()))
-        })?;
         let device = checked_path(&mount.source).ok_or_else(|| {
             CoreError::Internal(format!(
                 "the mount at {} has no device path (source {:?})",
@@ -960,7 +1165,7 @@ impl NodeService {
             name: self.driver.node_name.clone(),
             per_instance: BTreeMap::new(),
         };
-        let mut segments = BTreeMap::new();
+        let mut segments: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut limits = Vec::new();
         for instance in self.driver.registry.iter() {
             let info = match instance.provider.node_info().await {
@@ -981,16 +1186,29 @@ impl NodeService {
                     .insert(instance.name.clone(), info.node_id);
             }
             for (key, value) in info.topology.map(|t| t.segments).unwrap_or_default() {
-                if let Some(previous) = segments.insert(key.clone(), value.clone()) {
-                    if previous != value {
-                        tracing::warn!(%key, %previous, %value, "provider instances disagree on a topology segment; keeping the last");
+                match segments.get(&key) {
+                    None => {
+                        segments.insert(key, Some(value));
                     }
+                    Some(Some(previous)) if *previous != value => {
+                        // Two clouds on one node (a development setup) each
+                        // name their own zone under the well-known key:
+                        // neither is the node's, so the key is left out and
+                        // every provider places volumes by its own key.
+                        tracing::info!(%key, %previous, %value, "provider instances report different values for a topology key; the key is left out of the node's topology (each provider uses its own key)");
+                        segments.insert(key, None);
+                    }
+                    Some(_) => {}
                 }
             }
             if info.max_volumes > 0 {
                 limits.push(info.max_volumes);
             }
         }
+        let segments: BTreeMap<String, String> = segments
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
         let text = node_id.to_string();
         if text.len() > MAX_NODE_ID_BYTES || NodeId::parse(&text).is_err() {
             return Err(CoreError::Internal(format!(
@@ -1100,33 +1318,314 @@ impl Node for NodeService {
     }
 }
 
-/// What the blocking part of a filesystem publish found or did.
+/// What the blocking part of a publish found or did.
 enum PublishStep {
     /// The bind mount is in place.
     Mounted,
-    /// Nothing is mounted at the staging path.
-    NotStaged,
-    /// Something is already mounted at the target.
-    Occupied {
-        staged: DeviceNumber,
-        existing: DeviceNumber,
-        existing_read_only: bool,
-    },
+    /// The same publication was already there.
+    AlreadyThere,
+    /// Nothing was changed, for this reason.
+    Refused(Refusal),
 }
 
-/// Removes an unmounted mount point: a directory (filesystem targets and
-/// staging paths) or a file (block targets). Blocking.
-fn remove_mount_point(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if meta.is_dir() {
-        std::fs::remove_dir(path)
-    } else {
-        std::fs::remove_file(path)
+/// Why a publish changed nothing.
+enum Refusal {
+    Unsafe {
+        field: &'static str,
+        path: PathBuf,
+    },
+    NotStaged(PathBuf),
+    ForeignStaging {
+        staging: PathBuf,
+        found: DeviceNumber,
+        source: String,
+        want: DeviceNumber,
+    },
+    Occupied {
+        target: PathBuf,
+        found: String,
+        read_only: bool,
+    },
+    Exclusive {
+        other: PathBuf,
+    },
+    NotOurs(PathBuf),
+    TargetIsDirectory(PathBuf),
+}
+
+impl Refusal {
+    fn into_core(self, id: &ScopedId) -> CoreError {
+        match self {
+            Refusal::Unsafe { field, path } => CoreError::InvalidArgument(format!(
+                "{field} {} crosses a symbolic link or leaves the kubelet directory",
+                path.display()
+            )),
+            Refusal::NotStaged(staging) => CoreError::FailedPrecondition(format!(
+                "{id} is not staged at {}",
+                staging.display()
+            )),
+            Refusal::ForeignStaging {
+                staging,
+                found,
+                source,
+                want,
+            } => CoreError::FailedPrecondition(format!(
+                "staging_target_path {} is the mount of {source} ({found}), not {id}'s staging mount (device {want})",
+                staging.display()
+            )),
+            Refusal::Occupied {
+                target,
+                found,
+                read_only,
+            } => CoreError::AlreadyExists(format!(
+                "{} is already {found}, not a {} publication of {id}",
+                target.display(),
+                if read_only { "read-only" } else { "read-write" }
+            )),
+            Refusal::Exclusive { other } => CoreError::FailedPrecondition(format!(
+                "{id} is SINGLE_NODE_SINGLE_WRITER and already published at {}",
+                other.display()
+            )),
+            Refusal::NotOurs(target) => CoreError::FailedPrecondition(format!(
+                "target_path {} already exists and was not made by this driver; a block volume is bound only on a file it creates",
+                target.display()
+            )),
+            Refusal::TargetIsDirectory(target) => CoreError::InvalidArgument(format!(
+                "target_path {} is a directory; block volumes are published on a file",
+                target.display()
+            )),
+        }
     }
+}
+
+/// Everything a publish does on the host, run in one blocking step: one
+/// read of the mount table, the checks, then the bind mount.
+struct PublishPlan {
+    staging: ConfinedPath,
+    target: ConfinedPath,
+    device: PathBuf,
+    number: DeviceNumber,
+    read_only: bool,
+    exclusive: bool,
+    block: bool,
+}
+
+impl PublishPlan {
+    fn unsafe_path(field: &'static str, path: &ConfinedPath) -> PublishStep {
+        PublishStep::Refused(Refusal::Unsafe {
+            field,
+            path: path.path().to_path_buf(),
+        })
+    }
+
+    fn inspect(path: &ConfinedPath) -> impl FnOnce(io::Error) -> MountError + '_ {
+        move |source| MountError::Inspect {
+            path: path.path().to_path_buf(),
+            source,
+        }
+    }
+
+    /// Mount points where the volume is published already, other than the
+    /// staging path and the target.
+    fn other_publications(&self, table: &[MountInfo]) -> Option<PathBuf> {
+        let device_node = canonical(&self.device);
+        let in_devtmpfs = device_node
+            .strip_prefix("/dev")
+            .ok()
+            .map(|p| Path::new("/").join(p));
+        table
+            .iter()
+            .filter(|m| m.mount_point != self.staging.path() && m.mount_point != self.target.path())
+            .find(|m| {
+                if self.block {
+                    in_devtmpfs.as_deref() == Some(m.root.as_path())
+                } else {
+                    m.device == self.number
+                }
+            })
+            .map(|m| m.mount_point.clone())
+    }
+
+    fn run(&self, m: &dyn Mounter) -> Result<PublishStep, MountError> {
+        let target_fd = match self.target.check() {
+            Ok(fd) => fd,
+            Err(e) if is_confinement_error(&e) => {
+                return Ok(Self::unsafe_path("target_path", &self.target));
+            }
+            Err(e) => return Err(Self::inspect(&self.target)(e)),
+        };
+        let table = m.mount_table()?;
+        let [existing, staged] = top_mounts(&table, [self.target.path(), self.staging.path()]);
+        if let Some(existing) = existing {
+            let bound = m
+                .device_number(self.target.path())
+                .ok()
+                .unwrap_or(existing.device);
+            if bound == self.number && existing.is_read_only() == self.read_only {
+                return Ok(PublishStep::AlreadyThere);
+            }
+            return Ok(PublishStep::Refused(Refusal::Occupied {
+                target: self.target.path().to_path_buf(),
+                found: format!(
+                    "a {} mount of {} ({bound})",
+                    if existing.is_read_only() {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
+                    existing.source
+                ),
+                read_only: self.read_only,
+            }));
+        }
+        if self.exclusive {
+            if let Some(other) = self.other_publications(&table) {
+                return Ok(PublishStep::Refused(Refusal::Exclusive { other }));
+            }
+        }
+        if self.block {
+            if let Some(fd) = target_fd {
+                let stat =
+                    rustix::fs::fstat(&fd).map_err(|e| Self::inspect(&self.target)(e.into()))?;
+                let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+                return Ok(PublishStep::Refused(
+                    if kind == rustix::fs::FileType::Directory {
+                        Refusal::TargetIsDirectory(self.target.path().to_path_buf())
+                    } else {
+                        Refusal::NotOurs(self.target.path().to_path_buf())
+                    },
+                ));
+            }
+            match self.target.create_file() {
+                Ok(()) => {}
+                Err(e) if is_confinement_error(&e) => {
+                    return Ok(Self::unsafe_path("target_path", &self.target));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Ok(PublishStep::Refused(Refusal::NotOurs(
+                        self.target.path().to_path_buf(),
+                    )));
+                }
+                Err(source) => {
+                    return Err(MountError::CreateMountPoint {
+                        path: self.target.path().to_path_buf(),
+                        source,
+                    });
+                }
+            }
+            if let Err(e) = m.bind_mount(&self.device, self.target.path(), self.read_only) {
+                if let Err(undo) = self.target.remove() {
+                    tracing::warn!(target = %self.target.path().display(), error = %undo, "cannot remove the target file after a failed bind");
+                }
+                return Err(e);
+            }
+            return Ok(PublishStep::Mounted);
+        }
+        match self.staging.check() {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Ok(PublishStep::Refused(Refusal::NotStaged(
+                    self.staging.path().to_path_buf(),
+                )));
+            }
+            Err(e) if is_confinement_error(&e) => {
+                return Ok(Self::unsafe_path("staging_target_path", &self.staging));
+            }
+            Err(e) => return Err(Self::inspect(&self.staging)(e)),
+        }
+        let Some(staged) = staged else {
+            return Ok(PublishStep::Refused(Refusal::NotStaged(
+                self.staging.path().to_path_buf(),
+            )));
+        };
+        if staged.device != self.number {
+            return Ok(PublishStep::Refused(Refusal::ForeignStaging {
+                staging: self.staging.path().to_path_buf(),
+                found: staged.device,
+                source: staged.source,
+                want: self.number,
+            }));
+        }
+        let created = match self.target.create_dir_all() {
+            Ok(created) => created,
+            Err(e) if is_confinement_error(&e) => {
+                return Ok(Self::unsafe_path("target_path", &self.target));
+            }
+            Err(source) => {
+                return Err(MountError::CreateMountPoint {
+                    path: self.target.path().to_path_buf(),
+                    source,
+                });
+            }
+        };
+        if let Err(e) = m.bind_mount(self.staging.path(), self.target.path(), self.read_only) {
+            if created {
+                if let Err(undo) = self.target.remove() {
+                    tracing::warn!(target = %self.target.path().display(), error = %undo, "cannot remove the target directory after a failed bind");
+                }
+            }
+            return Err(e);
+        }
+        Ok(PublishStep::Mounted)
+    }
+}
+
+/// What clearing a mount point found.
+enum ClearStep {
+    /// Everything of the volume is unmounted; the result of removing the
+    /// mount point it left (or `Ok` when nothing was mounted).
+    Done(io::Result<()>),
+    /// A mount of something else is on top.
+    Foreign(MountInfo),
+    /// The path crosses a symlink.
+    Unsafe(io::Error),
+    /// More stacked mounts than [`MAX_STACKED_MOUNTS`].
+    TooMany,
+}
+
+/// Whether an existing staging mount serves a new stage request: the same
+/// read-only setting, filesystem and per-mount flags, and every requested
+/// filesystem option present. `Err` says what differs.
+fn restage_matches(
+    existing: &MountInfo,
+    wanted: FsChoice,
+    options: &MountOptions,
+) -> Result<(), String> {
+    let ext_family = |t: &str| matches!(t, "ext2" | "ext3" | "ext4");
+    if wanted.explicit
+        && existing.fs_type != wanted.fs.as_str()
+        && !(ext_family(&existing.fs_type) && ext_family(wanted.fs.as_str()))
+    {
+        return Err(format!(
+            "it is mounted as {}, {} was asked for",
+            existing.fs_type, wanted.fs
+        ));
+    }
+    let requested: Vec<&str> = options
+        .words()
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !DEFAULT_FLAGS.contains(w))
+        .collect();
+    for flag in PER_MOUNT_FLAGS {
+        let asked = requested.contains(&flag);
+        let present = existing.mount_options.iter().any(|o| o == flag);
+        if asked != present {
+            return Err(format!(
+                "mount flag {flag} is {} the existing mount and {} the request",
+                if present { "on" } else { "off" },
+                if asked { "in" } else { "not in" }
+            ));
+        }
+    }
+    for word in requested.iter().filter(|w| !PER_MOUNT_FLAGS.contains(w)) {
+        let present = existing.super_options.iter().any(|o| o == word)
+            || existing.mount_options.iter().any(|o| o == word);
+        if !present {
+            return Err(format!("mount option {word} is not on the existing mount"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1134,21 +1633,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_from_outside_are_checked() {
-        assert_eq!(
-            path_field("target_path", "/var/lib/kubelet/x").unwrap(),
-            Path::new("/var/lib/kubelet/x")
-        );
-        for bad in ["relative/path", "/a/../etc", "/a/b\n", "/a/\0b"] {
-            let err = path_field("target_path", bad).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
-            assert!(err.to_string().contains("target_path"), "{err}");
+    fn restaging_must_ask_for_what_is_mounted() {
+        let mount = |fs: &str, opts: &[&str], sup: &[&str]| MountInfo {
+            mount_id: 1,
+            parent_id: 0,
+            device: DeviceNumber { major: 7, minor: 1 },
+            root: "/".into(),
+            mount_point: "/k/staging".into(),
+            mount_options: opts.iter().map(|o| o.to_string()).collect(),
+            optional_fields: Vec::new(),
+            fs_type: fs.into(),
+            source: "/dev/loop1".into(),
+            super_options: sup.iter().map(|o| o.to_string()).collect(),
+        };
+        let explicit = |fs| FsChoice { fs, explicit: true };
+        let defaulted = |fs| FsChoice {
+            fs,
+            explicit: false,
+        };
+        let opts = |words: &[&str]| {
+            MountOptions::parse(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        let ext4 = mount("ext4", &["rw", "relatime"], &["rw", "errors=remount-ro"]);
+        // (existing mount, wanted filesystem, requested flags, matches)
+        let cases = [
+            (&ext4, explicit(FsType::Ext4), opts(&[]), true),
+            (
+                &ext4,
+                defaulted(FsType::Xfs),
+                opts(&["defaults", "rw"]),
+                true,
+            ),
+            (&ext4, explicit(FsType::Xfs), opts(&[]), false),
+            (&ext4, explicit(FsType::Ext4), opts(&["ro"]), false),
+            (&ext4, explicit(FsType::Ext4), opts(&["noatime"]), false),
+            (
+                &ext4,
+                explicit(FsType::Ext4),
+                opts(&["errors=remount-ro"]),
+                true,
+            ),
+            (&ext4, explicit(FsType::Ext4), opts(&["discard"]), false),
+        ];
+        for (existing, fs, flags, ok) in cases {
+            let got = restage_matches(existing, fs, &flags);
+            assert_eq!(
+                got.is_ok(),
+                ok,
+                "{flags:?} on {:?}: {got:?}",
+                existing.mount_options
+            );
         }
-        assert_eq!(
-            path_field("target_path", "").unwrap_err().to_string(),
-            "target_path is required"
+        let ro_noatime = mount("xfs", &["ro", "noatime"], &["ro", "nouuid"]);
+        assert!(
+            restage_matches(
+                &ro_noatime,
+                explicit(FsType::Xfs),
+                &opts(&["ro", "noatime"])
+            )
+            .is_ok()
         );
-        assert!(checked_path(&format!("/{}", "x".repeat(MAX_PATH_BYTES))).is_none());
+        assert!(restage_matches(&ro_noatime, explicit(FsType::Xfs), &opts(&["noatime"])).is_err());
     }
 
     #[test]

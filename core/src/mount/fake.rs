@@ -448,6 +448,28 @@ impl Mounter for FakeMounter {
         Ok(())
     }
 
+    fn grow_unmounted(&self, device: &Path, fs_type: &str) -> Result<(), MountError> {
+        let mut state = self.lock();
+        if let Some(e) = Self::injected(&mut state, FakeOp::Grow) {
+            return Err(MountError::Spawn {
+                program: "resize2fs".into(),
+                source: e,
+            });
+        }
+        if !matches!(fs_type, "ext2" | "ext3" | "ext4") {
+            return Err(MountError::UnsupportedFilesystem(fs_type.to_owned()));
+        }
+        let dev = self.device(&mut state, device)?;
+        dev.fs_size = dev.size;
+        Ok(())
+    }
+
+    fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<Option<u64>, MountError> {
+        let mut state = self.lock();
+        let dev = self.device(&mut state, device)?;
+        Ok((dev.fs.as_deref() == Some(fs_type)).then_some(dev.fs_size))
+    }
+
     fn filesystem_stats(&self, path: &Path) -> Result<FsStats, MountError> {
         let state = self.lock();
         let key = canonical(path);

@@ -11,6 +11,7 @@
 //! through this trait, never a cache of its own, so a restarted driver sees
 //! the same state as the one before it.
 
+pub mod confine;
 pub mod fake;
 pub mod format;
 pub mod linux;
@@ -164,6 +165,13 @@ impl MountOptions {
     /// True when the options ask for a read-only mount.
     pub fn read_only(&self) -> bool {
         self.words.iter().any(|w| w == "ro")
+    }
+
+    /// Adds an option word the node itself needs (e.g. `nouuid`), once.
+    pub fn add(&mut self, word: &str) {
+        if !self.words.iter().any(|w| w == word) {
+            self.words.push(word.to_owned());
+        }
     }
 
     /// Adds `ro` (and drops `rw`).
@@ -390,6 +398,16 @@ pub trait Mounter: Send + Sync {
         mount_point: &Path,
         fs_type: &str,
     ) -> Result<(), MountError>;
+
+    /// Grows the unmounted filesystem of `fs_type` on `device` to fill the
+    /// device (ext2/3/4: checked with `e2fsck -f -p` first, as resize2fs
+    /// demands). XFS grows only while mounted: `UnsupportedFilesystem`.
+    fn grow_unmounted(&self, device: &Path, fs_type: &str) -> Result<(), MountError>;
+
+    /// Size in bytes of the filesystem of `fs_type` on `device`, from its
+    /// superblock (ext: block count times block size; XFS: data blocks
+    /// times block size); `None` for other filesystems.
+    fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<Option<u64>, MountError>;
 
     /// Usage of the filesystem holding `path`.
     fn filesystem_stats(&self, path: &Path) -> Result<FsStats, MountError>;

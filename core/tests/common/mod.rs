@@ -61,6 +61,7 @@ pub async fn start(mode: Mode, instances: &[(&str, FakeSettings)]) -> Harness {
     let mounter = Arc::new(FakeMounter::new());
     let node = NodeSettings {
         state_dir: dir.path().join("state"),
+        kubelet_dir: dir.path().to_path_buf(),
         ..NodeSettings::default()
     };
     let driver = Arc::new(Driver::new(

@@ -50,8 +50,13 @@ pub fn config_text(name: &str, source: &Source, settings: &str, state_dir: &Path
         ),
     };
     format!(
-        "{driver}[node]\nstate_dir = {:?}\n\n[providers.{name}]\n{instance_head}{settings}\n",
-        state_dir.display().to_string()
+        "{driver}[node]\nstate_dir = {:?}\nkubelet_dir = {:?}\n\n[providers.{name}]\n{instance_head}{settings}\n",
+        state_dir.display().to_string(),
+        state_dir
+            .parent()
+            .unwrap_or(state_dir)
+            .display()
+            .to_string()
     )
 }
 
