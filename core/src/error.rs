@@ -25,11 +25,11 @@ pub enum CoreError {
         known: String,
     },
     /// An ID did not parse where the object must exist.
-    #[error("{what} {id:?} does not exist: {source}")]
+    #[error("{what} {id} does not exist: {source}")]
     MalformedId {
         /// "volume" or "snapshot".
         what: &'static str,
-        /// The ID as given.
+        /// The ID as given, escaped and cut (see `validate::shown`).
         id: String,
         /// Why it did not parse.
         #[source]

@@ -40,6 +40,20 @@ pub enum IdError {
     BadNodeId(String),
 }
 
+/// At most [`MAX_ID_BYTES`] of `raw` (at a character boundary), so an error
+/// never carries an oversized caller value.
+fn cut(raw: &str) -> String {
+    let mut end = raw.len().min(MAX_ID_BYTES);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    raw[..end].to_owned()
+}
+
+fn bad_node_id(raw: &str) -> IdError {
+    IdError::BadNodeId(cut(raw))
+}
+
 /// True for names usable as provider instance names: lower-case DNS labels.
 pub fn is_valid_instance_name(name: &str) -> bool {
     let bytes = name.as_bytes();
@@ -91,10 +105,10 @@ impl ScopedId {
         }
         let rest = raw
             .strip_prefix(VERSION_PREFIX)
-            .ok_or_else(|| IdError::UnknownFormat(raw.to_owned()))?;
+            .ok_or_else(|| IdError::UnknownFormat(cut(raw)))?;
         let (instance, local) = rest
             .split_once('.')
-            .ok_or_else(|| IdError::UnknownFormat(raw.to_owned()))?;
+            .ok_or_else(|| IdError::UnknownFormat(cut(raw)))?;
         Self::new(instance, local)
     }
 
@@ -138,11 +152,11 @@ impl NodeId {
             return Err(IdError::Empty);
         }
         if raw.len() > MAX_NODE_ID_BYTES || raw.chars().any(char::is_control) {
-            return Err(IdError::BadNodeId(raw.to_owned()));
+            return Err(bad_node_id(raw));
         }
         let Some(rest) = raw.strip_prefix("v1;") else {
             if raw.contains(';') {
-                return Err(IdError::BadNodeId(raw.to_owned()));
+                return Err(bad_node_id(raw));
             }
             return Ok(Self {
                 name: raw.to_owned(),
@@ -151,22 +165,20 @@ impl NodeId {
         };
         let mut id = NodeId::default();
         for part in rest.split(';') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| IdError::BadNodeId(raw.to_owned()))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| bad_node_id(raw))?;
             if v.is_empty() {
-                return Err(IdError::BadNodeId(raw.to_owned()));
+                return Err(bad_node_id(raw));
             }
             if k == "node" {
                 id.name = v.to_owned();
             } else if is_valid_instance_name(k) {
                 id.per_instance.insert(k.to_owned(), v.to_owned());
             } else {
-                return Err(IdError::BadNodeId(raw.to_owned()));
+                return Err(bad_node_id(raw));
             }
         }
         if id.name.is_empty() {
-            return Err(IdError::BadNodeId(raw.to_owned()));
+            return Err(bad_node_id(raw));
         }
         Ok(id)
     }

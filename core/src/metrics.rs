@@ -81,6 +81,10 @@ pub struct Metrics {
     pub capacity_available: Family<InstanceLabels, Gauge>,
     /// Total bytes per instance.
     pub capacity_total: Family<InstanceLabels, Gauge>,
+    /// Instance names allowed as label values: the configured ones. Calls
+    /// naming any other instance (a hostile or stale ID) are counted under
+    /// `-`, so the number of series stays bounded by the configuration.
+    known_instances: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -139,11 +143,33 @@ impl Default for Metrics {
             inflight,
             capacity_available,
             capacity_total,
+            known_instances: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Allows `names` (configured instances) as `instance` label values.
+    pub fn allow_instances<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut known = self
+            .known_instances
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        known.extend(names.into_iter().map(str::to_owned));
+    }
+
+    fn instance_label(&self, instance: &str) -> String {
+        let known = self
+            .known_instances
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if known.contains(instance) {
+            instance.to_owned()
+        } else {
+            "-".into()
+        }
+    }
+
     /// Records one CSI call.
     pub fn record_operation(
         &self,
@@ -154,11 +180,7 @@ impl Metrics {
     ) {
         let labels = OperationLabels {
             method: method.to_owned(),
-            instance: if instance.is_empty() {
-                "-".into()
-            } else {
-                instance.to_owned()
-            },
+            instance: self.instance_label(instance),
             code: format!("{code:?}"),
         };
         self.operations.get_or_create(&labels).inc();
@@ -215,8 +237,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unconfigured_instances_share_one_series() {
+        let m = Metrics::default();
+        m.allow_instances(["lvm"]);
+        for i in 0..3000 {
+            m.record_operation(
+                "ControllerGetVolume",
+                &format!("nosuch-{i}"),
+                tonic::Code::NotFound,
+                Duration::from_millis(1),
+            );
+        }
+        m.record_operation(
+            "ControllerGetVolume",
+            "lvm",
+            tonic::Code::Ok,
+            Duration::from_millis(1),
+        );
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("omnidisk_csi_operations_total{"))
+            .count();
+        assert_eq!(series, 2, "{text}");
+        assert!(!text.contains("nosuch-"), "{text}");
+    }
+
+    #[test]
     fn operations_and_api_calls_are_exposed() {
         let m = Metrics::default();
+        m.allow_instances(["lvm"]);
         m.record_operation(
             "CreateVolume",
             "lvm",

@@ -235,7 +235,7 @@ impl ControllerService {
     {
         validate::required(field, raw)?;
         let Ok(id) = ScopedId::parse(raw) else {
-            tracing::info!(id = %raw, "not an omnidisk ID: nothing to delete");
+            tracing::info!(id = %validate::shown(raw), "not an omnidisk ID: nothing to delete");
             return Ok(());
         };
         let instance = self
@@ -392,13 +392,14 @@ impl ControllerService {
         &self,
         req: csi::ControllerPublishVolumeRequest,
     ) -> CoreResult<csi::ControllerPublishVolumeResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
+        validate::required("volume_id", &req.volume_id)?;
         validate::required("node_id", &req.node_id)?;
         let capability = req
             .volume_capability
             .as_ref()
             .ok_or_else(|| CoreError::missing("volume_capability"))?;
         validate::capability("volume_capability", capability)?;
+        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let instance = self.driver.registry.for_id(&id)?;
         if !instance.info.attach_required {
             // Local volumes need no attachment; the attacher still calls
@@ -461,21 +462,23 @@ impl ControllerService {
         &self,
         req: csi::ValidateVolumeCapabilitiesRequest,
     ) -> CoreResult<csi::ValidateVolumeCapabilitiesResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
+        validate::required("volume_id", &req.volume_id)?;
         validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
+        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let instance = self.owner(&id)?;
-        instance
+        let status = instance
             .provider
             .get_volume(p::VolumeRef {
                 volume_id: id.local().to_owned(),
             })
             .await
             .map_err(provider_err(instance, "get volume"))?;
-        if let Some(why) = req
-            .volume_capabilities
-            .iter()
-            .find_map(|c| validate::unsupported_by(&instance.info, c))
-        {
+        let multi_attach = status.volume.as_ref().is_some_and(|v| v.multi_attach);
+        if let Some(why) = req.volume_capabilities.iter().find_map(|c| {
+            validate::unsupported_by(&instance.info, c).or_else(|| {
+                omnidisk_provider_api::access::multi_node_refusal(&capability_in(c), multi_attach)
+            })
+        }) {
             return Ok(csi::ValidateVolumeCapabilitiesResponse {
                 confirmed: None,
                 message: why,
@@ -545,6 +548,29 @@ impl ControllerService {
             validate::capability(&format!("volume_capabilities[{i}]"), c)?;
         }
         let split = split_params(&req.parameters)?;
+        if split.instance.is_none() && self.driver.registry.iter().nth(1).is_some() {
+            // No `type` with several instances: what this process can
+            // provide across the instances it serves (the sum of their free
+            // space; the largest volume any one of them can hold).
+            let mut total = csi::GetCapacityResponse::default();
+            for instance in self.served().filter(|i| i.info.capacity) {
+                let one = self.capacity_of(instance, &req, BTreeMap::new()).await?;
+                total.available_capacity = total
+                    .available_capacity
+                    .saturating_add(one.available_capacity);
+                total.maximum_volume_size =
+                    match (total.maximum_volume_size, one.maximum_volume_size) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+                total.minimum_volume_size =
+                    match (total.minimum_volume_size, one.minimum_volume_size) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+            }
+            return Ok(total);
+        }
         let instance = self.driver.registry.for_type(split.instance.as_deref())?;
         self.check_served(instance)?;
         if !instance.info.capacity {
@@ -553,6 +579,17 @@ impl ControllerService {
                 instance.name
             )));
         }
+        self.capacity_of(instance, &req, split.provider).await
+    }
+
+    /// The capacity one instance reports for a request (0 when it cannot
+    /// serve the requested capabilities).
+    async fn capacity_of(
+        &self,
+        instance: &Instance,
+        req: &csi::GetCapacityRequest,
+        parameters: BTreeMap<String, String>,
+    ) -> CoreResult<csi::GetCapacityResponse> {
         if req
             .volume_capabilities
             .iter()
@@ -563,7 +600,7 @@ impl ControllerService {
         let resp = instance
             .provider
             .get_capacity(p::CapacityRequest {
-                parameters: split.provider,
+                parameters,
                 topology: req.accessible_topology.as_ref().map(topology_in),
                 capabilities: req.volume_capabilities.iter().map(capability_in).collect(),
             })
@@ -773,7 +810,7 @@ impl ControllerService {
         &self,
         req: csi::ControllerExpandVolumeRequest,
     ) -> CoreResult<csi::ControllerExpandVolumeResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
+        validate::required("volume_id", &req.volume_id)?;
         let range = req
             .capacity_range
             .as_ref()
@@ -782,6 +819,7 @@ impl ControllerService {
         if let Some(c) = &req.volume_capability {
             validate::capability("volume_capability", c)?;
         }
+        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let instance = self.owner(&id)?;
         if !instance.info.expand {
             return Err(CoreError::Unimplemented(format!(
@@ -844,10 +882,11 @@ impl ControllerService {
         &self,
         req: csi::ControllerModifyVolumeRequest,
     ) -> CoreResult<csi::ControllerModifyVolumeResponse> {
-        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
+        validate::required("volume_id", &req.volume_id)?;
         if req.mutable_parameters.is_empty() {
             return Err(CoreError::missing("mutable_parameters"));
         }
+        let id = validate::existing_id("volume", "volume_id", &req.volume_id)?;
         let instance = self.owner(&id)?;
         if !instance.info.modify {
             return Err(CoreError::InvalidArgument(format!(
@@ -912,8 +951,9 @@ fn same_instance(instance: &Instance, source: &ScopedId, what: &str) -> CoreResu
 
 /// The provider's own ID for a CSI node ID.
 fn node_for(raw: &str, instance: &Instance) -> CoreResult<String> {
-    let node = NodeId::parse(raw)
-        .map_err(|e| CoreError::NotFound(format!("node {raw:?} is unknown: {e}")))?;
+    let node = NodeId::parse(raw).map_err(|e| {
+        CoreError::NotFound(format!("node {} is unknown: {e}", validate::shown(raw)))
+    })?;
     if let Some(id) = node.for_instance(&instance.name) {
         return Ok(id.to_owned());
     }

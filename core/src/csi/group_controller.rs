@@ -178,7 +178,7 @@ impl GroupControllerService {
     ) -> CoreResult<csi::DeleteVolumeGroupSnapshotResponse> {
         validate::required("group_snapshot_id", &req.group_snapshot_id)?;
         let Ok(id) = ScopedId::parse(&req.group_snapshot_id) else {
-            tracing::info!(id = %req.group_snapshot_id, "not an omnidisk ID: nothing to delete");
+            tracing::info!(id = %validate::shown(&req.group_snapshot_id), "not an omnidisk ID: nothing to delete");
             return Ok(csi::DeleteVolumeGroupSnapshotResponse {});
         };
         // An ID of an instance not configured here is refused rather than

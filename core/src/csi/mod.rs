@@ -43,7 +43,7 @@ pub async fn traced_in<T, F>(
 where
     F: Future<Output = Result<T, CoreError>>,
 {
-    let span = tracing::info_span!("rpc", method, id = %object_id);
+    let span = tracing::info_span!("rpc", method, id = %crate::csi::validate::shown(object_id));
     async move {
         let start = Instant::now();
         let result = handler.await;

@@ -26,7 +26,7 @@ pub fn existing_id(what: &'static str, field: &str, raw: &str) -> CoreResult<Sco
     required(field, raw)?;
     ScopedId::parse(raw).map_err(|source| CoreError::MalformedId {
         what,
-        id: raw.to_owned(),
+        id: shown(raw),
         source,
     })
 }
@@ -115,6 +115,24 @@ pub fn capacity_range(range: Option<&csi::CapacityRange>) -> CoreResult<(i64, i6
     Ok((r.required_bytes, r.limit_bytes))
 }
 
+/// Longest part of a caller's value quoted back in a message or log.
+pub const SHOWN_BYTES: usize = 128;
+
+/// A value from a request as messages and logs quote it: escaped (a `\n`
+/// cannot start a forged log line) and cut to [`SHOWN_BYTES`] with its
+/// full length noted, so a megabyte ID does not become a megabyte of log
+/// or push a gRPC status past its metadata limit.
+pub fn shown(raw: &str) -> String {
+    if raw.len() <= SHOWN_BYTES {
+        return format!("{raw:?}");
+    }
+    let mut end = SHOWN_BYTES;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &raw[..end], raw.len())
+}
+
 /// Checks a CSI name: non-empty, at most 128 bytes, no control characters.
 pub fn name(field: &str, value: &str) -> CoreResult<()> {
     required(field, value)?;
@@ -173,6 +191,17 @@ mod tests {
             limit_bytes: 0,
         };
         assert_eq!(capacity_range(Some(&r)).unwrap(), (10, 0));
+    }
+
+    #[test]
+    fn shown_values_are_escaped_and_bounded() {
+        assert_eq!(shown("v1.a.b"), "\"v1.a.b\"");
+        assert_eq!(shown("a\nINFO forged"), "\"a\\nINFO forged\"");
+        let long = "x".repeat(1 << 20);
+        let out = shown(&long);
+        assert!(out.len() < 200 && out.ends_with("(1048576 bytes)"), "{out}");
+        let wide = "é".repeat(100);
+        assert!(shown(&wide).contains("(200 bytes)"));
     }
 
     #[test]
