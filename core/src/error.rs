@@ -17,7 +17,7 @@ pub enum CoreError {
     #[error("{0}")]
     InvalidArgument(String),
     /// StorageClass `type` names no configured instance.
-    #[error("unknown provider instance {name:?}; configured instances: {known}")]
+    #[error("unknown provider instance {name}; configured instances: {known}")]
     UnknownInstance {
         /// The name asked for.
         name: String,

@@ -48,6 +48,13 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(dir) = &args.kubelet_dir {
         config.node.kubelet_dir = dir.clone();
     }
+    let kubelet_dir = &config.node.kubelet_dir;
+    if !kubelet_dir.is_absolute() || kubelet_dir.parent().is_none() {
+        return Err(format!(
+            "the kubelet directory {} must be an absolute path below / (node paths are confined to it)",
+            kubelet_dir.display()
+        ));
+    }
     let node_name = args.node_id.clone().unwrap_or_else(cli::host_name);
     if let Some(Command::Doctor) = args.command {
         let checks = omnidisk::doctor::run(&config, &node_name, args.mode).await;

@@ -76,7 +76,7 @@ impl Registry {
         self.instances
             .get(name)
             .ok_or_else(|| CoreError::UnknownInstance {
-                name: name.to_owned(),
+                name: crate::csi::validate::shown(name),
                 known: self.names(),
             })
     }

@@ -1543,5 +1543,83 @@ async fn node_calls_refuse_hostile_and_incomplete_requests() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(h.mounter.mounts(), before);
+
+    // Inline volumes: a kubelet ID shaped like this driver's IDs, or a
+    // target where something is mounted, create nothing.
+    let inline = |id: &str, target: &str| csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+        volume_capability: Some(mount_cap()),
+        volume_context: params(&[
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("type", "local"),
+            ("device", "/dev/fake-inline"),
+        ]),
+        ..Default::default()
+    };
+    let volumes = h.fake("local").volume_count();
+    for (req, code, text) in [
+        (
+            inline(&ids[0], &p("pods/i1")),
+            Code::InvalidArgument,
+            "csi-<hash>",
+        ),
+        (
+            inline("csi-0123abcd", &p("pods/t1")),
+            Code::AlreadyExists,
+            "not stacked",
+        ),
+    ] {
+        let err = c.node.node_publish_volume(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        assert!(err.message().contains(text), "{req:?}: {}", err.message());
+    }
+    assert_eq!(h.fake("local").volume_count(), volumes);
+    assert_eq!(h.mounter.mounts(), before);
+    h.stop().await;
+}
+
+/// GetCapacity without `type` answers for everything this process serves;
+/// with `type` for that instance only.
+#[tokio::test]
+async fn capacity_without_type_spans_the_served_instances() {
+    let sized = |capacity_bytes, max_volume_bytes| FakeSettings {
+        capacity_bytes,
+        max_volume_bytes,
+        ..FakeSettings::default()
+    };
+    let h = start(
+        Mode::Controller,
+        &[
+            ("one", sized(10 * GIB, 4 * GIB)),
+            ("two", sized(6 * GIB, 0)),
+        ],
+    )
+    .await;
+    let mut c = h.client.controller.clone();
+    let all = c
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.available_capacity, 16 * GIB, "{all:?}");
+    assert_eq!(all.maximum_volume_size, Some(4 * GIB), "{all:?}");
+    let one = c
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: params(&[("type", "two")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.available_capacity, 6 * GIB, "{one:?}");
+    let err = c
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: params(&[("type", "three")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     h.stop().await;
 }

@@ -428,6 +428,8 @@ impl NodeService {
         let staging = self.confine("staging_target_path", &req.staging_target_path)?;
         let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
+        // Two volumes staged at one path at once must not both mount.
+        let _path_guard = self.claim(&format!("path:{}", staging.path().display()))?;
         if let Some(why) = validate::unsupported_by(&instance.info, cap) {
             return Err(CoreError::FailedPrecondition(why));
         }
@@ -587,14 +589,14 @@ impl NodeService {
                 Some(DEVICE_LOOKUP),
             )
             .await?;
-        self.clear_owned_mounts(&id, "staging_target_path", &staging, number, false)
+        self.clear_owned_mounts(&id, "staging_target_path", &staging, number)
             .await?;
         Ok(csi::NodeUnstageVolumeResponse {})
     }
 
     /// Unmounts the mounts stacked at `path` as long as they are `id`'s
-    /// (a filesystem on its device, or for `block` its device node bound
-    /// on a file), then removes the mount point it leaves. A mount of
+    /// (a filesystem on its device, or its device node bound on a file),
+    /// then removes the mount point it leaves. A mount of
     /// anything else is refused and left alone.
     async fn clear_owned_mounts(
         &self,
@@ -602,7 +604,6 @@ impl NodeService {
         field: &'static str,
         path: &ConfinedPath,
         volume_device: DeviceNumber,
-        block: bool,
     ) -> CoreResult<()> {
         let owned = path.clone();
         let outcome = self
@@ -618,11 +619,9 @@ impl NodeService {
                         }
                         return Ok(ClearStep::Done(Ok(())));
                     };
-                    let bound = if block || top.fs_type == "devtmpfs" {
-                        m.device_number(owned.path()).ok()
-                    } else {
-                        Some(top.device)
-                    };
+                    // A block binding shows its device node's number; a
+                    // filesystem mount the number of its device.
+                    let bound = Some(m.device_number(owned.path()).unwrap_or(top.device));
                     if bound != Some(volume_device) {
                         return Ok(ClearStep::Foreign(top));
                     }
@@ -677,6 +676,8 @@ impl NodeService {
         }
         let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
+        // Two volumes published at one target at once must not both mount.
+        let _path_guard = self.claim(&format!("path:{}", target.path().display()))?;
         if let Some(why) = validate::unsupported_by(&instance.info, cap) {
             return Err(CoreError::FailedPrecondition(why));
         }
@@ -722,6 +723,11 @@ impl NodeService {
         let _guard = self.claim(&req.volume_id)?;
         if let Ok(kubelet_id) = KubeletVolumeId::parse(&req.volume_id) {
             if let Some(record) = self.state_store().load(&kubelet_id)? {
+                if record.target_path != target.path() {
+                    // Not where this inline volume is published: nothing of
+                    // it is at this path, and it stays as it is.
+                    return Ok(csi::NodeUnpublishVolumeResponse {});
+                }
                 return self.unpublish_ephemeral(&kubelet_id, record, &target).await;
             }
         }
@@ -749,7 +755,7 @@ impl NodeService {
                 Some(DEVICE_LOOKUP),
             )
             .await?;
-        self.clear_owned_mounts(&id, "target_path", &target, number, false)
+        self.clear_owned_mounts(&id, "target_path", &target, number)
             .await?;
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
@@ -763,6 +769,12 @@ impl NodeService {
         let cap = capability_field(req.volume_capability.as_ref())?;
         let target = self.confine("target_path", &req.target_path)?;
         let kubelet_id = KubeletVolumeId::parse(&req.volume_id)?;
+        if ScopedId::parse(&req.volume_id).is_ok() {
+            return Err(CoreError::InvalidArgument(format!(
+                "volume_id {} of an ephemeral inline volume has the form of this driver's volume IDs; kubelet names inline volumes csi-<hash>",
+                shown(&req.volume_id)
+            )));
+        }
         let Some(mount) = mount_volume(cap) else {
             return Err(CoreError::InvalidArgument(
                 "ephemeral inline volumes are filesystem volumes, not block volumes".into(),
@@ -796,6 +808,13 @@ impl NodeService {
             }
             // Otherwise an earlier attempt stopped half-way: creating is
             // idempotent by name, so simply go through it again.
+        } else if let Some(existing) = self.mount_at(&target, "target_path").await? {
+            return Err(CoreError::AlreadyExists(format!(
+                "target_path {} is already a mount of {} ({}); an inline volume is not stacked over it",
+                target.path().display(),
+                existing.source,
+                existing.device
+            )));
         }
 
         let read_only = req.readonly || reader_only(cap);
@@ -913,7 +932,7 @@ impl NodeService {
                     Some(DEVICE_LOOKUP),
                 )
                 .await?;
-            self.clear_owned_mounts(&id, "target_path", target, number, false)
+            self.clear_owned_mounts(&id, "target_path", target, number)
                 .await?;
         }
         if let Some(node) = &record.attached_node {
@@ -1100,7 +1119,7 @@ impl NodeService {
         let (id, instance) = self.volume(&req.volume_id)?;
         let _guard = self.claim(&req.volume_id)?;
         let (path, mount, block, _) = self.owned_mount(&id, instance, &req.volume_path).await??;
-        if block || req.volume_capability.as_ref().is_some_and(is_block) {
+        if block {
             // A block volume grows with its device; nothing to resize here.
             let owned = path.path().to_path_buf();
             let size = self

@@ -164,6 +164,10 @@ impl ConfinedPath {
         .map_err(|e| {
             if is_escape(&e) {
                 escape_error(&self.full)
+            } else if e == rustix::io::Errno::NOTDIR {
+                // A file where a directory component should be: the path
+                // does not exist as named.
+                io::Error::new(io::ErrorKind::NotFound, "a component is not a directory")
             } else {
                 io::Error::from(e)
             }
