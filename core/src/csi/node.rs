@@ -580,18 +580,30 @@ impl NodeService {
         {
             return Ok(csi::NodeUnstageVolumeResponse {});
         }
+        self.clear_volume_mounts(instance, &id, "staging_target_path", &staging)
+            .await?;
+        Ok(csi::NodeUnstageVolumeResponse {})
+    }
+
+    /// Finds `id`'s device (bounded by [`DEVICE_LOOKUP`]) and clears its
+    /// mounts at `path` with [`Self::clear_owned_mounts`].
+    async fn clear_volume_mounts(
+        &self,
+        instance: &Instance,
+        id: &ScopedId,
+        field: &'static str,
+        path: &ConfinedPath,
+    ) -> CoreResult<()> {
         let (_, number) = self
             .volume_device(
                 instance,
-                &id,
+                id,
                 &BTreeMap::new(),
                 &BTreeMap::new(),
                 Some(DEVICE_LOOKUP),
             )
             .await?;
-        self.clear_owned_mounts(&id, "staging_target_path", &staging, number)
-            .await?;
-        Ok(csi::NodeUnstageVolumeResponse {})
+        self.clear_owned_mounts(id, field, path, number).await
     }
 
     /// Unmounts the mounts stacked at `path` as long as they are `id`'s
@@ -746,16 +758,7 @@ impl NodeService {
             // this driver's to delete.
             return Ok(csi::NodeUnpublishVolumeResponse {});
         }
-        let (_, number) = self
-            .volume_device(
-                instance,
-                &id,
-                &BTreeMap::new(),
-                &BTreeMap::new(),
-                Some(DEVICE_LOOKUP),
-            )
-            .await?;
-        self.clear_owned_mounts(&id, "target_path", &target, number)
+        self.clear_volume_mounts(instance, &id, "target_path", &target)
             .await?;
         Ok(csi::NodeUnpublishVolumeResponse {})
     }
@@ -923,16 +926,7 @@ impl NodeService {
         })?;
         let instance = self.driver.registry.for_id(&id)?;
         if self.mount_at(target, "target_path").await?.is_some() {
-            let (_, number) = self
-                .volume_device(
-                    instance,
-                    &id,
-                    &BTreeMap::new(),
-                    &BTreeMap::new(),
-                    Some(DEVICE_LOOKUP),
-                )
-                .await?;
-            self.clear_owned_mounts(&id, "target_path", target, number)
+            self.clear_volume_mounts(instance, &id, "target_path", target)
                 .await?;
         }
         if let Some(node) = &record.attached_node {
