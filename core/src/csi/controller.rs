@@ -68,7 +68,8 @@ fn take_ci(map: &mut BTreeMap<String, String>, key: &str) -> Option<String> {
     map.remove(&found)
 }
 
-fn provider_err<'a>(
+/// Wraps a provider's error with the instance and the storage operation.
+pub(super) fn provider_err<'a>(
     instance: &'a Instance,
     op: &'static str,
 ) -> impl FnOnce(omnidisk_provider_api::ProviderError) -> CoreError + 'a {

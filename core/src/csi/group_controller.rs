@@ -14,6 +14,7 @@ use omnidisk_provider_api::ErrorKind;
 use omnidisk_provider_api::types as p;
 use tonic::{Request, Response, Status};
 
+use super::controller::provider_err;
 use super::convert::group_snapshot_out;
 use super::{log_request, traced, traced_in, validate};
 use crate::Driver;
@@ -37,17 +38,6 @@ pub fn serves_group_snapshots(driver: &Driver) -> bool {
         .registry
         .iter()
         .any(|i| i.info.group_snapshots && Registry::serves_controller(i, driver.mode))
-}
-
-fn provider_err<'a>(
-    instance: &'a Instance,
-    op: &'static str,
-) -> impl FnOnce(omnidisk_provider_api::ProviderError) -> CoreError + 'a {
-    move |source| CoreError::Provider {
-        instance: instance.name.clone(),
-        op,
-        source,
-    }
 }
 
 impl GroupControllerService {
