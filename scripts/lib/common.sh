@@ -155,6 +155,61 @@ od_apt_hint() {
 }
 
 OD_APT_UPDATED=0
+OD_APT_OPTS=()
+OD_APT_BPO_OPTS=()
+
+# od_apt_backport_sources: "SOURCE SUITE" for each installed package whose
+# version is a Debian backport (~bpoNN), SUITE being <codename>-backports.
+od_apt_installed_backports() {
+	local codename
+	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+	[ -n "$codename" ] || return 0
+	dpkg-query -W -f='${db:Status-Status} ${source:Package} ${Version}\n' 2>/dev/null |
+		awk -v suite="$codename-backports" '$1 == "installed" && $3 ~ /~bpo[0-9]+/ { print $2, suite }' | sort -u
+}
+
+# od_apt_same_source_as_backport NAME: NAME (not installed) is built from
+# the source of an installed backport.
+od_apt_same_source_as_backport() {
+	local src
+	src=$(apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Source: \([^ ]*\).*/\1/p' | head -n1)
+	od_apt_installed_backports | awk -v s="${src:-$1}" '$1 == s { found = 1 } END { exit !found }'
+}
+
+# od_apt_backports_suite NAME...: the backports suite (one line) when one of
+# the NAMEs shares its source with an installed backport, else nothing.
+od_apt_backports_suite() {
+	local name
+	for name in "$@"; do
+		if od_apt_same_source_as_backport "$name"; then
+			od_apt_installed_backports | awk '{ print $2; exit }'
+			return 0
+		fi
+	done
+}
+
+# od_apt_backports_sources SUITE: make SUITE known to apt for this run only.
+# When the system's sources lack it (a backport installed by hand or by an
+# image builder), apt reads the system's sources plus SUITE from a private
+# directory, through OD_APT_BPO_OPTS; /etc/apt is left as it is.
+od_apt_backports_sources() {
+	local suite=$1 dir mirror
+	OD_APT_BPO_OPTS=()
+	if LC_ALL=C apt-cache policy 2>/dev/null | grep -q "a=$suite,\|n=$suite,"; then
+		return 0
+	fi
+	dir=${OMNIDISK_APT_DIR:-/var/cache/omnidisk/apt}/sources.list.d
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	[ ! -f /etc/apt/sources.list ] || cp /etc/apt/sources.list "$dir/system.list"
+	cp /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources "$dir/" 2>/dev/null || true
+	mirror=${OMNIDISK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+	printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+		"$mirror" "$suite" >"$dir/omnidisk-$suite.sources"
+	OD_APT_BPO_OPTS=(-o "Dir::Etc::sourceparts=$dir" -o Dir::Etc::sourcelist=/dev/null)
+	od_log "apt-get update with $suite from $mirror (for this install only; /etc/apt is unchanged)"
+	apt-get "${OD_APT_BPO_OPTS[@]}" update -qq >&2 || od_die "apt-get update with $suite failed"
+}
 od_apt_update_once() {
 	[ "$OD_APT_UPDATED" = 1 ] && return 0
 	od_log "apt-get update"
@@ -196,8 +251,42 @@ od_apt_install() {
 	[ "$(id -u)" = 0 ] || od_die "missing packages: ${missing[*]} (run this as root, or: sudo apt-get install ${missing[*]})"
 
 	od_apt_update_once
+	# Packages built from the same source as an installed backport (say
+	# qemu-system-x86 beside a qemu-utils from bookworm-backports) must come
+	# from that backports suite, or apt would replace the backport.
+	local suite group=() group_mins=() rest=() rest_mins=() i
+	suite=$(od_apt_backports_suite "${missing[@]}")
+	for i in "${!missing[@]}"; do
+		if [ -n "$suite" ] && od_apt_same_source_as_backport "${missing[$i]}"; then
+			group+=("${missing[$i]}")
+			group_mins+=("${mins[$i]}")
+		else
+			rest+=("${missing[$i]}")
+			rest_mins+=("${mins[$i]}")
+		fi
+	done
+	if [ "${#group[@]}" -gt 0 ]; then
+		od_apt_backports_sources "$suite"
+		od_log "${group[*]}: from $suite, like the installed backport of the same source"
+		OD_APT_OPTS=("${OD_APT_BPO_OPTS[@]}" -t "$suite")
+		od_apt_plan_install "${#group[@]}" "${group[@]}" "${group_mins[@]}"
+	fi
+	if [ "${#rest[@]}" -gt 0 ]; then
+		OD_APT_OPTS=()
+		od_apt_plan_install "${#rest[@]}" "${rest[@]}" "${rest_mins[@]}"
+	fi
+}
+
+# od_apt_plan_install N NAME... MIN...: simulate installing the N packages
+# (with the options in OD_APT_OPTS), stop if apt would remove or downgrade
+# anything or offers a version below MIN, else install them.
+od_apt_plan_install() {
+	local n=$1 missing=() mins=() too_old=()
+	shift
+	missing=("${@:1:$n}")
+	mins=("${@:$((n + 1))}")
 	local plan
-	if ! plan=$(LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -s -y --no-install-recommends install "${missing[@]}" 2>&1); then
+	if ! plan=$(LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get "${OD_APT_OPTS[@]}" -s -y --no-install-recommends install "${missing[@]}" 2>&1); then
 		printf '%s\n' "$plan" | grep -E '^(E:| )' | head -n 20 | sed 's/^/    /' >&2
 		od_die "apt cannot install ${missing[*]} as this machine is (see above). Nothing was changed.$(od_apt_hint "$plan" "${missing[@]}") A package apt does not know: on Ubuntu, enable the universe component."
 	fi
@@ -241,6 +330,6 @@ od_apt_install() {
 	fi
 	od_log "apt-get install ${missing[*]}"
 	[ "${#upgrades[@]}" -eq 0 ] || od_log "apt upgrades as dependencies: ${upgrades[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" >/dev/null ||
+	DEBIAN_FRONTEND=noninteractive apt-get "${OD_APT_OPTS[@]}" install -y -qq --no-install-recommends --no-remove "${missing[@]}" >/dev/null ||
 		od_die "apt-get install ${missing[*]} failed"
 }
