@@ -17,7 +17,6 @@ use std::future::Future;
 use std::io::Write as _;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,10 @@ use omnidisk_provider_api::ffi::abi::{ABI_MAJOR, ABI_MINOR, AbiVersion};
 use omnidisk_provider_api::types::*;
 use omnidisk_provider_api::{ErrorKind, Provider};
 use tempfile::TempDir;
+
+#[path = "conformance/dylibs.rs"]
+#[allow(dead_code)]
+mod dylibs;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -40,101 +43,18 @@ struct Built {
     torn_table: PathBuf,
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("core/ has a parent")
-        .to_owned()
-}
-
-/// `<target>/dylib-plugins`, next to this test's own build output.
-fn plugin_target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // <target>/debug/deps/dylib_abi-<hash>
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("test binary inside a target dir");
-    target.join("dylib-plugins")
-}
-
-fn cargo_build(crate_dir: &str, lib: &str, features: &[&str], stash: &Path, name: &str) -> PathBuf {
-    let target_dir = plugin_target_dir();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = fs::canonicalize(
-        workspace_root()
-            .join("plugins")
-            .join(crate_dir)
-            .join("Cargo.toml"),
-    )
-    .expect("plugin manifest");
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--lib")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(&target_dir);
-    if !features.is_empty() {
-        cmd.arg("--features").arg(features.join(","));
-    }
-    let output = cmd.output().expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building plugins/{crate_dir} {features:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let built = target_dir.join("debug").join(format!("lib{lib}.so"));
-    let copy = stash.join(name);
-    fs::copy(&built, &copy).expect("copy the built library");
-    copy
-}
-
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let stash = plugin_target_dir().join("stash");
-        fs::create_dir_all(&stash).expect("stash dir");
-        let misbehaving = "omnidisk_plugin_misbehaving";
-        // Variants of one crate share an output name: build and copy in turn.
+        let lib = |name| dylibs::build_named(name, false);
         Built {
-            example: cargo_build(
-                "example",
-                "omnidisk_plugin_example",
-                &[],
-                &stash,
-                "example.so",
-            ),
-            misbehaving: cargo_build("misbehaving", misbehaving, &[], &stash, "misbehaving.so"),
-            abi_v2: cargo_build("misbehaving", misbehaving, &["abi-v2"], &stash, "abi-v2.so"),
-            no_entry: cargo_build(
-                "misbehaving",
-                misbehaving,
-                &["no-entry"],
-                &stash,
-                "no-entry.so",
-            ),
-            newer_minor: cargo_build(
-                "misbehaving",
-                misbehaving,
-                &["newer-minor"],
-                &stash,
-                "newer-minor.so",
-            ),
-            abi_1_0: cargo_build(
-                "misbehaving",
-                misbehaving,
-                &["abi-1-0"],
-                &stash,
-                "abi-1-0.so",
-            ),
-            torn_table: cargo_build(
-                "misbehaving",
-                misbehaving,
-                &["torn-table"],
-                &stash,
-                "torn-table.so",
-            ),
+            example: lib("example"),
+            misbehaving: lib("misbehaving"),
+            abi_v2: lib("abi-v2"),
+            no_entry: lib("no-entry"),
+            newer_minor: lib("newer-minor"),
+            abi_1_0: lib("abi-1-0"),
+            torn_table: lib("torn-table"),
         }
     })
 }

@@ -1,6 +1,7 @@
-//! Provider cdylibs for the conformance suite: built with cargo from this
-//! repository (no prebuilt binaries), once per test run, and installed
-//! root-owned in a private plugin directory the way an operator would.
+//! Provider cdylibs for the dylib tests: built with cargo from this
+//! repository by `scripts/build-dylibs` (no prebuilt binaries), once per test
+//! run, and installed root-owned in a private plugin directory the way an
+//! operator would.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,39 +25,21 @@ pub enum Library {
 }
 
 impl Library {
-    /// Manifest directory, relative to the repository root.
-    fn crate_dir(self) -> &'static str {
+    /// Its name in `scripts/build-dylibs`, which holds the list of
+    /// libraries and how each is built.
+    pub fn name(self) -> &'static str {
         match self {
-            Library::Fake => "plugins/fake",
-            Library::Example => "plugins/example",
-            Library::AliyunDisk => "providers/aliyun-disk",
-            Library::LocalLvm => "providers/local-lvm",
-            Library::AwsEbs => "providers/aws-ebs",
-        }
-    }
-
-    /// The crate's library name (the `.so` is `lib<name>.so`).
-    fn lib_name(self) -> &'static str {
-        match self {
-            Library::Fake => "omnidisk_plugin_fake",
-            Library::Example => "omnidisk_plugin_example",
-            Library::AliyunDisk => "omnidisk_provider_aliyun_disk",
-            Library::LocalLvm => "omnidisk_provider_local_lvm",
-            Library::AwsEbs => "omnidisk_provider_aws_ebs",
-        }
-    }
-
-    /// Features that make the cdylib export the provider.
-    fn features(self) -> &'static [&'static str] {
-        match self {
-            Library::Fake | Library::Example => &[],
-            Library::AliyunDisk | Library::LocalLvm | Library::AwsEbs => &["dylib"],
+            Library::Fake => "fake",
+            Library::Example => "example",
+            Library::AliyunDisk => "aliyun-disk",
+            Library::LocalLvm => "local-lvm",
+            Library::AwsEbs => "aws-ebs",
         }
     }
 
     /// The file name it is installed under in a plugin directory.
     pub fn file_name(self) -> String {
-        format!("lib{}.so", self.lib_name())
+        format!("lib{}.so", self.name().replace('-', "_"))
     }
 }
 
@@ -78,63 +61,65 @@ pub fn plugin_target_dir() -> PathBuf {
         .join("dylib-plugins")
 }
 
-/// Builds `library` (once per process and profile: release when `release`,
-/// so the benchmark compares an optimised driver with an optimised library)
-/// and returns a private copy of the `.so`, so later builds cannot change
-/// it under us.
-pub fn build(library: Library, release: bool) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<(Library, bool, PathBuf)>>> = OnceLock::new();
+/// The library `name` of `scripts/build-dylibs` (release profile when
+/// `release`), built once per process and profile.
+///
+/// With `OMNIDISK_DYLIB_DIR` set (scripts/test builds the debug libraries
+/// there before the tests, in the test build's own target directory), the
+/// debug libraries are taken from it and must be there. Otherwise the script
+/// builds them into `<target>/dylib-plugins`: cargo holds the test build's
+/// target directory while the tests run.
+pub fn build_named(name: &str, release: bool) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(String, bool, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     // One build at a time: they share a target dir (cargo would serialise
     // them anyway) and this machine has two cores.
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, path)) = built
-        .iter()
-        .find(|(l, r, _)| *l == library && *r == release)
-    {
+    if let Some((_, _, path)) = built.iter().find(|(n, r, _)| n == name && *r == release) {
         return path.clone();
     }
-    let target_dir = plugin_target_dir();
-    let manifest = repository_root()
-        .join(library.crate_dir())
-        .join("Cargo.toml");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--lib")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir);
-    if release {
-        cmd.arg("--release");
-    }
-    if !library.features().is_empty() {
-        cmd.arg("--features").arg(library.features().join(","));
-    }
-    let started = std::time::Instant::now();
-    let output = cmd.output().expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building {} {:?} failed:\n{}",
-        library.crate_dir(),
-        library.features(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!(
-        "built {} as a cdylib ({}) in {:.1} s",
-        library.crate_dir(),
-        if release { "release" } else { "dev" },
-        started.elapsed().as_secs_f64()
-    );
-    let stash = target_dir.join("stash");
-    fs::create_dir_all(&stash).expect("stash dir");
-    let profile = if release { "release" } else { "debug" };
-    let copy = stash.join(format!("conformance-{profile}-{}", library.file_name()));
-    fs::copy(target_dir.join(profile).join(library.file_name()), &copy)
-        .expect("copy the built library");
-    built.push((library, release, copy.clone()));
-    copy
+    let prebuilt = std::env::var_os("OMNIDISK_DYLIB_DIR").filter(|_| !release);
+    let path = if let Some(dir) = prebuilt {
+        let path = PathBuf::from(dir).join(format!("{name}.so"));
+        assert!(
+            path.is_file(),
+            "OMNIDISK_DYLIB_DIR is set but holds no {}: run scripts/build-dylibs <dir> first",
+            path.display()
+        );
+        path
+    } else {
+        let target_dir = plugin_target_dir();
+        let out = target_dir.join("stash").join(if release { "release" } else { "debug" });
+        let mut cmd = Command::new(repository_root().join("scripts/build-dylibs"));
+        if release {
+            cmd.arg("--release");
+        }
+        cmd.arg(&out).arg(name).env("CARGO_TARGET_DIR", &target_dir);
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            // The cargo that runs this test, first on PATH for the script.
+            if let Some(bin) = Path::new(&cargo).parent() {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let mut paths = vec![bin.to_owned()];
+                paths.extend(std::env::split_paths(&path));
+                cmd.env("PATH", std::env::join_paths(paths).expect("PATH"));
+            }
+        }
+        let output = cmd.output().expect("scripts/build-dylibs runs");
+        assert!(
+            output.status.success(),
+            "scripts/build-dylibs {name} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        out.join(format!("{name}.so"))
+    };
+    built.push((name.to_owned(), release, path.clone()));
+    path
+}
+
+/// `library` built as [`build_named`] does.
+pub fn build(library: Library, release: bool) -> PathBuf {
+    build_named(library.name(), release)
 }
 
 /// A plugin directory the loader accepts: root-owned, mode 0700 (a fresh

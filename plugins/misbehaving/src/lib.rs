@@ -92,10 +92,29 @@ struct Misbehaving {
 }
 
 /// The factory (kind `misbehaving`, though instances may claim another).
+/// Its panics are on purpose: one line each instead of a backtrace, so a
+/// test log shows them as what they are. The hook is this library's own
+/// (a dylib carries its own copy of std); the host's panics keep theirs.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(not a string)");
+            eprintln!("misbehaving provider: deliberate panic: {message}");
+        }));
+    });
+}
+
 pub const FACTORY: ProviderFactory = ProviderFactory {
     kind: "misbehaving",
     create: |init| {
         Box::pin(async move {
+            quiet_panics();
             let settings: Settings = parse_settings(&init.settings_toml)?;
             if settings.behaviour == Behaviour::Garbage {
                 GARBAGE_INSTANCES
@@ -263,8 +282,8 @@ omnidisk_provider_api::__export_provider_with!(
     }
 );
 
-/// A 1.2 table that declares a size ending inside its `start` field, so a
-/// host reading whole fields only sees a 1.0 table (`start` absent).
+// A 1.2 table that declares a size ending inside its `start` field, so a
+// host reading whole fields only sees a 1.0 table (`start` absent).
 #[cfg(feature = "torn-table")]
 omnidisk_provider_api::__export_provider_with!(
     FACTORY,
