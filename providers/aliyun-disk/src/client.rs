@@ -360,7 +360,8 @@ enum Repeat {
 /// The HTTP client.
 pub struct HttpEcsClient {
     instance: String,
-    http: reqwest::Client,
+    /// Built by the first request: an idle driver holds no TLS state.
+    http: std::sync::OnceLock<reqwest::Client>,
     endpoint: reqwest::Url,
     region: String,
     credentials: Arc<CredentialSource>,
@@ -491,13 +492,9 @@ impl HttpEcsClient {
             action: "(any)".into(),
             reason: format!("endpoint {:?} is not a URL: {e}", config.endpoint),
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|source| ApiError::transport("(client)", &endpoint, source))?;
         Ok(Self {
             instance: config.instance.clone(),
-            http,
+            http: std::sync::OnceLock::new(),
             endpoint,
             region: config.region,
             credentials,
@@ -506,6 +503,19 @@ impl HttpEcsClient {
             max_retries: config.max_retries,
             calls: AtomicU64::new(0),
         })
+    }
+
+    /// The HTTP client, built on first use (two racing first calls may
+    /// both build one; the first stored is kept).
+    fn http(&self) -> Result<&reqwest::Client, ApiError> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|source| ApiError::transport("(client)", &self.endpoint, source))?;
+        Ok(self.http.get_or_init(|| http))
     }
 
     /// How many HTTP requests this client has sent.
@@ -590,7 +600,7 @@ impl HttpEcsClient {
                 headers.insert("authorization".into(), authorization);
             }
         }
-        let mut builder = self.http.post(url);
+        let mut builder = self.http()?.post(url);
         for (k, v) in &headers {
             if k != "host" {
                 builder = builder.header(k.as_str(), v.as_str());
@@ -608,7 +618,7 @@ impl HttpEcsClient {
     ) -> Result<T, ApiError> {
         let request = self.build(action, params).await?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let response = self.http.execute(request).await.map_err(|source| {
+        let response = self.http()?.execute(request).await.map_err(|source| {
             if source.is_timeout() {
                 ApiError::Timeout {
                     action: action.to_owned(),

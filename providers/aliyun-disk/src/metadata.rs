@@ -1,6 +1,7 @@
 //! The ECS instance metadata service: who this node is, and the RAM role's
 //! temporary credentials.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -70,29 +71,40 @@ impl std::fmt::Debug for RoleCredentials {
 #[derive(Debug, Clone)]
 pub struct MetadataClient {
     base: String,
-    http: reqwest::Client,
+    timeout: Duration,
+    /// Built by the first request (shared by clones): an idle driver that
+    /// was told its identity never builds it.
+    http: Arc<OnceLock<reqwest::Client>>,
 }
 
 impl MetadataClient {
     /// A client of the service at `base_url` (e.g. `http://100.100.100.200`).
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, MetadataError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|source| MetadataError::Unreachable {
-                url: base_url.to_owned(),
-                source: source.without_url(),
-            })?;
         Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
-            http,
+            timeout,
+            http: Arc::default(),
         })
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, MetadataError> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|source| MetadataError::Unreachable {
+                url: self.base.clone(),
+                source: source.without_url(),
+            })?;
+        Ok(self.http.get_or_init(|| http))
     }
 
     async fn get(&self, path: &str) -> Result<String, MetadataError> {
         let url = format!("{}/latest/meta-data/{path}", self.base);
         let response =
-            self.http
+            self.http()?
                 .get(&url)
                 .send()
                 .await

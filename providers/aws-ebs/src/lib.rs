@@ -41,8 +41,9 @@ pub use settings::Settings;
 pub const KIND: &str = "aws-ebs";
 
 /// Creates aws-ebs instances. In `node` mode no EC2 client is built (the
-/// node plugin needs no AWS credentials); otherwise the credential source
-/// is checked at once so a broken one is a start-up error.
+/// node plugin needs no AWS credentials); otherwise it is built when a call
+/// first needs it, so an idle driver carries none of the SDK's state (`omnidisk
+/// doctor` and the first call report credentials that do not resolve).
 pub const FACTORY: ProviderFactory = ProviderFactory {
     kind: KIND,
     create: |init| {
@@ -55,19 +56,12 @@ pub const FACTORY: ProviderFactory = ProviderFactory {
                 ))
                 .with_source(e)
             })?;
-            let api: Option<Arc<dyn client::Ec2Api>> = if init.mode == "node" {
-                None
+            let provider = if init.mode == "node" {
+                EbsProvider::new(&init.instance, settings, None)
             } else {
-                let sdk = client::connect(&settings).await.map_err(|e| {
-                    ProviderError::failed_precondition(format!(
-                        "aws-ebs instance {}: cannot set up EC2 access",
-                        init.instance
-                    ))
-                    .with_source(e)
-                })?;
-                Some(Arc::new(sdk))
+                EbsProvider::connecting(&init.instance, settings)
             };
-            Ok(Arc::new(EbsProvider::new(&init.instance, settings, api)) as Arc<dyn Provider>)
+            Ok(Arc::new(provider) as Arc<dyn Provider>)
         })
     },
 };

@@ -134,6 +134,34 @@ struct Controller {
     burnt_tokens: Mutex<HashMap<String, u32>>,
 }
 
+impl Controller {
+    /// Must be called within a tokio runtime: it starts the describe batcher.
+    fn new(instance: &str, settings: &Settings, api: Arc<dyn Ec2Api>) -> Self {
+        let retrier = Arc::new(
+            Retrier::new(
+                settings.api_timeout(),
+                Duration::from_millis(settings.waits.throttle_base_ms),
+                Duration::from_millis(settings.waits.throttle_max_ms),
+            )
+            .for_instance(instance),
+        );
+        let batcher = DescribeBatcher::spawn(
+            Arc::clone(&api),
+            Arc::clone(&retrier),
+            Duration::from_millis(settings.waits.batch_window_ms),
+            NAME_TAG,
+        );
+        Controller {
+            api,
+            retrier,
+            batcher,
+            devices: Mutex::default(),
+            instances: Mutex::default(),
+            burnt_tokens: Mutex::default(),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -142,7 +170,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct EbsProvider {
     instance: String,
     settings: Arc<Settings>,
-    controller: Option<Controller>,
+    /// EC2 access: `None` in node mode; otherwise made on first use (the
+    /// SDK's configuration, credential chain and TLS client are not built
+    /// for a driver that has not been asked anything yet).
+    controller: Option<tokio::sync::OnceCell<Controller>>,
     node: tokio::sync::OnceCell<NodeIdentity>,
     finder: DeviceFinder,
 }
@@ -152,7 +183,10 @@ impl std::fmt::Debug for EbsProvider {
         f.debug_struct("EbsProvider")
             .field("instance", &self.instance)
             .field("settings", &self.settings)
-            .field("controller", &self.controller.is_some())
+            .field(
+                "controller",
+                &self.controller.as_ref().map(|c| c.initialized()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -184,31 +218,27 @@ impl EbsProvider {
     /// calls EC2). Must be called within a tokio runtime: it starts the
     /// describe batcher.
     pub fn new(instance: &str, settings: Settings, api: Option<Arc<dyn Ec2Api>>) -> Self {
-        let finder = DeviceFinder::new(&settings.node.dev_root, &settings.node.sys_root);
         let controller = api.map(|api| {
-            let retrier = Arc::new(
-                Retrier::new(
-                    settings.api_timeout(),
-                    Duration::from_millis(settings.waits.throttle_base_ms),
-                    Duration::from_millis(settings.waits.throttle_max_ms),
-                )
-                .for_instance(instance),
-            );
-            let batcher = DescribeBatcher::spawn(
-                Arc::clone(&api),
-                Arc::clone(&retrier),
-                Duration::from_millis(settings.waits.batch_window_ms),
-                NAME_TAG,
-            );
-            Controller {
-                api,
-                retrier,
-                batcher,
-                devices: Mutex::default(),
-                instances: Mutex::default(),
-                burnt_tokens: Mutex::default(),
-            }
+            tokio::sync::OnceCell::new_with(Some(Controller::new(instance, &settings, api)))
         });
+        Self::with_controller(instance, settings, controller)
+    }
+
+    /// A controller-side provider that builds its EC2 client with
+    /// [`client::connect`](crate::client::connect) when a call first needs
+    /// it. A failure there (no region, credentials that do not resolve) is
+    /// that call's `FailedPrecondition` error and is tried again on the
+    /// next call.
+    pub fn connecting(instance: &str, settings: Settings) -> Self {
+        Self::with_controller(instance, settings, Some(tokio::sync::OnceCell::new()))
+    }
+
+    fn with_controller(
+        instance: &str,
+        settings: Settings,
+        controller: Option<tokio::sync::OnceCell<Controller>>,
+    ) -> Self {
+        let finder = DeviceFinder::new(&settings.node.dev_root, &settings.node.sys_root);
         Self {
             instance: instance.to_owned(),
             settings: Arc::new(settings),
@@ -218,19 +248,31 @@ impl EbsProvider {
         }
     }
 
-    fn ctl(&self) -> Result<&Controller> {
-        self.controller.as_ref().ok_or_else(|| {
-            ProviderError::failed_precondition(format!(
+    async fn ctl(&self) -> Result<&Controller> {
+        let Some(cell) = &self.controller else {
+            return Err(ProviderError::failed_precondition(format!(
                 "aws-ebs instance {} runs in node mode and makes no EC2 calls",
                 self.instance
-            ))
+            )));
+        };
+        cell.get_or_try_init(|| async {
+            let sdk = crate::client::connect(&self.settings).await.map_err(|e| {
+                ProviderError::failed_precondition(format!(
+                    "aws-ebs instance {}: cannot set up EC2 access",
+                    self.instance
+                ))
+                .with_source(e)
+            })?;
+            Ok(Controller::new(&self.instance, &self.settings, Arc::new(sdk)))
         })
+        .await
     }
 
     /// How many throttled EC2 answers were absorbed by backoff.
     pub fn throttled_calls(&self) -> u64 {
         self.controller
             .as_ref()
+            .and_then(|c| c.get())
             .map_or(0, |c| c.retrier.throttled())
     }
 
@@ -802,7 +844,7 @@ impl Provider for EbsProvider {
     }
 
     async fn create_volume(&self, req: CreateVolumeRequest) -> Result<Volume> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         if req.name.is_empty() {
             return Err(ProviderError::invalid_argument("the volume name is empty"));
         }
@@ -991,7 +1033,7 @@ impl Provider for EbsProvider {
     }
 
     async fn delete_volume(&self, req: VolumeRef) -> Result<()> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         // An ID this provider could never have issued names no volume.
         let Ok(id) = VolumeId::new(&req.volume_id) else {
             return Ok(());
@@ -1025,7 +1067,7 @@ impl Provider for EbsProvider {
     }
 
     async fn get_volume(&self, req: VolumeRef) -> Result<VolumeStatus> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let id = parse_volume_id(&req.volume_id)?;
         let disk = self
             .describe_volume(ctl, &id, self.call_deadline())
@@ -1036,7 +1078,7 @@ impl Provider for EbsProvider {
     }
 
     async fn list_volumes(&self, req: ListRequest) -> Result<ListVolumesResponse> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let (skip, ec2_token) = parse_list_token(&req.starting_token)?;
         let mut query = DiskQuery {
             tag_key: Some(NAME_TAG.to_owned()),
@@ -1088,7 +1130,7 @@ impl Provider for EbsProvider {
     }
 
     async fn expand_volume(&self, req: ExpandVolumeRequest) -> Result<ExpandVolumeResponse> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let id = parse_volume_id(&req.volume_id)?;
         let node_expansion_required = req
             .capability
@@ -1166,7 +1208,7 @@ impl Provider for EbsProvider {
     }
 
     async fn modify_volume(&self, req: ModifyVolumeRequest) -> Result<()> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let id = parse_volume_id(&req.volume_id)?;
         let wanted = ModifyParams::parse(&req.mutable_parameters)?;
         if wanted.is_empty() {
@@ -1218,7 +1260,7 @@ impl Provider for EbsProvider {
     }
 
     async fn attach_volume(&self, req: AttachRequest) -> Result<AttachResponse> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let vol = parse_volume_id(&req.volume_id)?;
         let node = InstanceId::new(&req.node_id).map_err(|e| {
             ProviderError::not_found(format!("node {:?} not found", req.node_id)).with_source(e)
@@ -1348,7 +1390,7 @@ impl Provider for EbsProvider {
     }
 
     async fn detach_volume(&self, req: DetachRequest) -> Result<()> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let Ok(vol) = VolumeId::new(&req.volume_id) else {
             return Ok(());
         };
@@ -1418,7 +1460,7 @@ impl Provider for EbsProvider {
     }
 
     async fn create_snapshot(&self, req: CreateSnapshotRequest) -> Result<Snapshot> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         if req.name.is_empty() {
             return Err(ProviderError::invalid_argument(
                 "the snapshot name is empty",
@@ -1476,7 +1518,7 @@ impl Provider for EbsProvider {
     }
 
     async fn delete_snapshot(&self, req: SnapshotRef) -> Result<()> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let Ok(id) = SnapshotId::new(&req.snapshot_id) else {
             return Ok(());
         };
@@ -1491,7 +1533,7 @@ impl Provider for EbsProvider {
     }
 
     async fn get_snapshot(&self, req: SnapshotRef) -> Result<Snapshot> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let id = SnapshotId::new(&req.snapshot_id).map_err(|e| {
             ProviderError::not_found(format!("snapshot {:?} not found", req.snapshot_id))
                 .with_source(e)
@@ -1503,7 +1545,7 @@ impl Provider for EbsProvider {
     }
 
     async fn list_snapshots(&self, req: ListSnapshotsRequest) -> Result<ListSnapshotsResponse> {
-        let ctl = self.ctl()?;
+        let ctl = self.ctl().await?;
         let (skip, ec2_token) = parse_list_token(&req.starting_token)?;
         let mut query = SnapQuery::default();
         if !req.snapshot_id.is_empty() {
