@@ -453,6 +453,34 @@ async fn bad_settings_fail_at_start_and_node_mode_needs_no_aws() {
     );
 }
 
+#[tokio::test]
+async fn credentials_are_resolved_by_the_first_call_not_at_start() {
+    // A profile that no AWS config file holds: the instance starts (it
+    // builds nothing of the SDK), and each call that needs EC2 says why it
+    // cannot reach it.
+    let settings = format!(
+        "region = \"us-east-1\"\n[credentials]\nsource = \"profile\"\nname = \"omnidisk-no-such-profile-{}\"\n",
+        std::process::id()
+    );
+    let p = (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
+        instance: "ebs".into(),
+        settings_toml: settings,
+        node_name: "n".into(),
+        mode: "controller".into(),
+    })
+    .await
+    .expect("the start does not resolve credentials");
+    for _ in 0..2 {
+        let err = p.create_volume(create("x", 1, &[])).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        assert!(
+            err.full_message().contains("cannot set up EC2 access"),
+            "{}",
+            err.full_message()
+        );
+    }
+}
+
 async fn node_provider() -> Arc<dyn Provider> {
     (omnidisk_provider_aws_ebs::FACTORY.create)(InitRequest {
         instance: "ebs".into(),
