@@ -89,7 +89,9 @@ pub fn build_named(name: &str, release: bool) -> PathBuf {
         path
     } else {
         let target_dir = plugin_target_dir();
-        let out = target_dir.join("stash").join(if release { "release" } else { "debug" });
+        let out = target_dir
+            .join("stash")
+            .join(if release { "release" } else { "debug" });
         let mut cmd = Command::new(repository_root().join("scripts/build-dylibs"));
         if release {
             cmd.arg("--release");

@@ -263,7 +263,11 @@ impl EbsProvider {
                 ))
                 .with_source(e)
             })?;
-            Ok(Controller::new(&self.instance, &self.settings, Arc::new(sdk)))
+            Ok(Controller::new(
+                &self.instance,
+                &self.settings,
+                Arc::new(sdk),
+            ))
         })
         .await
     }
