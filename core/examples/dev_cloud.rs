@@ -22,6 +22,11 @@
 //! by-id link and serial a Nitro node has), grows it after an expansion and
 //! removes it on detach, so NodeStage/NodePublish/NodeExpand run for real.
 //! The Aliyun node side is not simulated.
+//!
+//! With `--clouds-only` it serves the two clouds and writes
+//! `<dir>/config.toml` without starting a driver, for a driver binary
+//! started separately (`omnidisk --config <dir>/config.toml`), as
+//! `scripts/bench-memory` does to measure the release binary.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -47,9 +52,12 @@ fn lvm_has_omnidisk_vg() -> bool {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("info").init();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let clouds_only = args.iter().any(|a| a == "--clouds-only");
+    args.retain(|a| a != "--clouds-only");
     let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
+        args.first()
+            .cloned()
             .unwrap_or_else(|| "/tmp/omnidisk-dev".into()),
     );
     std::fs::create_dir_all(&dir)?;
@@ -114,6 +122,23 @@ zone_id = "cn-hangzhou-a"
     );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, &config_text)?;
+    if clouds_only {
+        println!("omnidisk dev clouds ready");
+        println!("  config:       {}", config_path.display());
+        println!(
+            "  EC2 (moto):   {} (instance {ec2_instance})",
+            moto.endpoint()
+        );
+        println!("  ECS (fake):   {} (instance i-fake0001)", ecs.endpoint());
+        println!("Ctrl-C or SIGTERM stops them.");
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        return Ok(());
+    }
     let config = Config::load(&config_path)?;
     let registry = providers::build_registry(&config, "dev-node", Mode::All).await?;
     let mounter = Arc::new(LinuxMounter::new(config.node.clone()));
