@@ -90,7 +90,8 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: String,
-        /// toml's message, which names line, column and key.
+        /// Line, column and toml's message; never the text of the line, which
+        /// may hold a credential (see [`parse_error_message`]).
         message: String,
     },
     /// A problem with one key, located in the file.
@@ -133,7 +134,7 @@ impl Config {
         let shown = display_path(path);
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: shown.clone(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_error_message(text, &e),
         })?;
         let mut config = Config {
             path: path.map(Path::to_owned),
@@ -207,6 +208,66 @@ fn display_path(path: Option<&Path>) -> String {
     )
 }
 
+/// `line L, column C: <toml's message>` for a parse error in `text`.
+///
+/// toml's own `Display` quotes the offending line, and in a configuration
+/// file that line can be a credential (a misspelt `secret_access_key = "..."`
+/// or an unterminated string), which would land in the start-up log. The
+/// message alone names what is wrong; a string value it quotes (serde's
+/// `invalid type: string "..."`) is hidden as well.
+fn parse_error_message(text: &str, err: &toml::de::Error) -> String {
+    let message = hide_quoted_strings(err.message().trim_end());
+    let Some(span) = err.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    // The key of that line, when the line has the `key = value` shape: the
+    // name helps and is not a value.
+    let line_text = text
+        .get(before.rfind('\n').map_or(0, |i| i + 1)..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(key, _)| key.trim())
+        .filter(|key| {
+            !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        });
+    match key {
+        Some(key) => format!("line {line}, column {column}, `{key}`: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// Replaces the contents of `string "..."` in a serde message with `(hidden)`.
+fn hide_quoted_strings(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at + MARK.len()]);
+        rest = &rest[at + MARK.len()..];
+        match rest.find('"') {
+            Some(end) => {
+                out.push_str("(hidden)\"");
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push_str("(hidden)");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn take_string(table: &mut toml::Table, key: &str) -> Result<Option<String>, String> {
     match table.remove(key) {
         None => Ok(None),
@@ -258,6 +319,46 @@ volume_group = "nvme"
 library = "libext.so"
 kind = "example"
 "#;
+
+    #[test]
+    fn parse_errors_name_the_place_but_never_show_the_line() {
+        const CANARY: &str = "CANARYs3cr3tVALUE";
+        let creds =
+            "[providers.e]\nkind = \"aws-ebs\"\n[providers.e.credentials]\nsource = \"static\"\n";
+        // (file text, line the error is on)
+        let cases: Vec<(String, usize)> = vec![
+            // an unterminated string
+            (format!("{creds}secret_access_key = \"{CANARY}\n"), 5),
+            // a value without quotes
+            (format!("{creds}secret_access_key = {CANARY}\n"), 5),
+            // a bad escape
+            (format!("{creds}secret_access_key = \"{CANARY}\\q\"\n"), 5),
+            // a key given twice
+            (
+                format!("{creds}access_key_id = \"A\"\naccess_key_id = \"{CANARY}\"\n"),
+                6,
+            ),
+            // a misspelt key of the driver's own tables
+            (format!("[node]\nkubelet_dirr = \"{CANARY}\"\n"), 2),
+            // a string where a number belongs (serde quotes the value)
+            (format!("[node]\nmax_volumes_per_node = \"{CANARY}\"\n"), 2),
+            // a newline inside a basic string, the secret on the next line
+            // (toml reports the line after it, which has no `=`)
+            (format!("[node]\ndefault_fs_type = \"ext4\n{CANARY}\"\n"), 3),
+        ];
+        for (text, line) in cases {
+            let err = Config::parse(&text, Some(Path::new("/etc/omnidisk/omnidisk.toml")))
+                .expect_err(&text);
+            let shown = err.to_string();
+            assert!(!shown.contains("CANARY"), "{text:?} -> {shown}");
+            assert!(
+                shown.starts_with(&format!(
+                    "/etc/omnidisk/omnidisk.toml: line {line}, column "
+                )),
+                "{text:?} -> {shown}"
+            );
+        }
+    }
 
     #[test]
     fn a_good_file_parses() {
