@@ -139,6 +139,9 @@ pub struct Driver {
     pub mounter: Arc<dyn Mounter>,
     /// `node.kubelet_dir`, resolved once: where node paths must lie.
     pub kubelet: crate::mount::confine::KubeletDir,
+    /// When `/metrics` last sampled capacity, and the lock its one refresh
+    /// in flight holds (see `server::refresh_gauges`).
+    pub(crate) capacity_sample: server::CapacitySample,
     ready: AtomicBool,
 }
 
@@ -161,6 +164,7 @@ impl Driver {
             node,
             mounter,
             kubelet,
+            capacity_sample: server::CapacitySample::default(),
             ready: AtomicBool::new(false),
         }
     }

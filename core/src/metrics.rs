@@ -12,8 +12,9 @@
 //!   reported through [`omnidisk_provider_api::observe`].
 //! * `omnidisk_capacity_available_bytes{instance}` and
 //!   `omnidisk_capacity_total_bytes{instance}`: free and total space of
-//!   instances that report capacity (LVM volume groups and thin pools),
-//!   read when scraped.
+//!   instances that report capacity (LVM volume groups and thin pools,
+//!   sampled when scraped, at most once per `server::CAPACITY_SAMPLE_TTL`
+//!   (30 s) and by one scrape at a time).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

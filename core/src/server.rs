@@ -204,11 +204,38 @@ pub fn http_router(driver: Arc<Driver>) -> axum::Router {
         .route("/metrics", axum::routing::get(metrics))
 }
 
-/// Reads the gauges that are sampled rather than counted.
+/// How long `/metrics` serves capacity it sampled before asking the
+/// providers again. Capacity calls fork lvm commands or call cloud APIs; a
+/// scraper (or anyone who reaches the port) must not drive them.
+pub const CAPACITY_SAMPLE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `/metrics`' capacity sampling state: the time of the last sample and the
+/// lock a refresh holds, so at most one runs at a time.
+#[derive(Debug, Default)]
+pub struct CapacitySample {
+    refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Reads the gauges that are sampled rather than counted. Capacity is asked
+/// of the providers at most once per [`CAPACITY_SAMPLE_TTL`], by one scrape
+/// at a time; a scrape that finds a refresh running, or a fresh sample,
+/// serves the gauges as they are without waiting.
 async fn refresh_gauges(driver: &Driver) {
-    use omnidisk_provider_api::types::CapacityRequest;
     let m = crate::metrics::global();
     m.inflight.set(driver.inflight.len() as i64);
+    let Ok(mut last) = driver.capacity_sample.refresh.try_lock() else {
+        return;
+    };
+    if last.is_some_and(|at| at.elapsed() < CAPACITY_SAMPLE_TTL) {
+        return;
+    }
+    sample_capacity(driver).await;
+    *last = Some(tokio::time::Instant::now());
+}
+
+async fn sample_capacity(driver: &Driver) {
+    use omnidisk_provider_api::types::CapacityRequest;
+    let m = crate::metrics::global();
     for instance in driver.registry.iter() {
         let local_here = instance.info.node_local && driver.mode.serves_node();
         if !instance.info.capacity || (instance.info.node_local && !local_here) {

@@ -986,6 +986,35 @@ async fn metrics_are_scraped_after_a_life_cycle() {
     );
     assert!(text.contains("omnidisk_inflight_operations 0"), "{text}");
 
+    // Capacity is sampled at most once per TTL: a volume created now does
+    // not show in the next scrape's free space (no provider call is made).
+    let available = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"omnidisk_capacity_available_bytes{instance="beta"} "#))
+            .map(str::to_owned)
+            .expect("an available-bytes sample for beta")
+    };
+    let before = available(&text);
+    c.create_volume(create_req("pvc-metrics-3", GIB, &[("type", "beta")]))
+        .await
+        .unwrap();
+    let scrape = |router: axum::Router| async move {
+        let response = router
+            .oneshot(
+                axum::http::Request::get("/metrics")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let again = scrape(router.clone()).await;
+    assert_eq!(available(&again), before, "{again}");
+
     let health = router
         .oneshot(
             axum::http::Request::get("/healthz")
