@@ -50,8 +50,8 @@ pub fn repository_root() -> PathBuf {
         .to_owned()
 }
 
-/// `<target>/dylib-plugins`, next to the running test's own build output, so
-/// the libraries share the caller's CARGO_TARGET_DIR and its cache.
+/// `<target>/dylib-plugins`, next to the running test's own build output
+/// (cargo holds the test build's own directory while the tests run).
 pub fn plugin_target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // <target>/debug/deps/<test>-<hash> (benches: <target>/<profile>/deps/...)
