@@ -126,11 +126,13 @@ od_apt_hint() {
 	for pkg in $(printf '%s\n' "$plan" | sed -n -e 's/^Remv \([^ ]*\).*/\1/p' -e 's/^Inst \([^ ]*\) \[.*/\1/p' -e 's/^ *\([^ ]*\) : .*/\1/p' | sort -u); do
 		[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || continue
 		# The release of the installed version, from its line in apt-cache policy.
-		release=$(LC_ALL=C apt-cache policy "$pkg" 2>/dev/null | awk '
+		release=$(LC_ALL=C apt-cache "${OD_APT_BPO_OPTS[@]}" policy "$pkg" 2>/dev/null | awk '
 			/^ \*\*\* / { mine = 1; next }
 			/^     [^ ]/ { mine = 0 }
 			mine && $2 ~ /:\/\// { split($3, a, "/"); print a[1]; exit }')
-		if [ -n "$release" ] && [ "$release" != "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" ]; then
+		# Only a backports suite counts as another release (not -updates or
+		# -security, where most installed packages come from).
+		if [[ $release == *-backports* ]]; then
 			releases+=("$release")
 			# The missing packages built from the same source (qemu-utils and
 			# qemu-system-x86 are both qemu's) must come from that release too.
@@ -157,15 +159,22 @@ od_apt_hint() {
 OD_APT_UPDATED=0
 OD_APT_OPTS=()
 OD_APT_BPO_OPTS=()
+OD_APT_SUITE=""
 
 # od_apt_backport_sources: "SOURCE SUITE" for each installed package whose
 # version is a Debian backport (~bpoNN), SUITE being <codename>-backports.
+# Debian only, and only backports of this release (~bpo12 on bookworm):
+# Ubuntu's and PPAs' version strings follow other rules.
 od_apt_installed_backports() {
-	local codename
+	local id codename major
+	id=$(. /etc/os-release && echo "${ID:-}")
 	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-	[ -n "$codename" ] || return 0
+	major=$(. /etc/os-release && echo "${VERSION_ID:-}")
+	major=${major%%.*}
+	[ "$id" = debian ] && [ -n "$codename" ] && [ -n "$major" ] || return 0
 	dpkg-query -W -f='${db:Status-Status} ${source:Package} ${Version}\n' 2>/dev/null |
-		awk -v suite="$codename-backports" '$1 == "installed" && $3 ~ /~bpo[0-9]+/ { print $2, suite }' | sort -u
+		awk -v suite="$codename-backports" -v bpo="~bpo$major+" \
+			'$1 == "installed" && index($3, bpo) { print $2, suite }' | sort -u
 }
 
 # od_apt_same_source_as_backport NAME: NAME (not installed) is built from
@@ -269,7 +278,9 @@ od_apt_install() {
 		od_apt_backports_sources "$suite"
 		od_log "${group[*]}: from $suite, like the installed backport of the same source"
 		OD_APT_OPTS=("${OD_APT_BPO_OPTS[@]}" -t "$suite")
+		OD_APT_SUITE=$suite
 		od_apt_plan_install "${#group[@]}" "${group[@]}" "${group_mins[@]}"
+		OD_APT_SUITE=""
 	fi
 	if [ "${#rest[@]}" -gt 0 ]; then
 		OD_APT_OPTS=()
@@ -319,6 +330,23 @@ od_apt_plan_install() {
 			too_old+=("${missing[$i]} $new is what apt offers, ${mins[$i]} or newer is needed")
 		fi
 	done
+	if [ -n "$OD_APT_SUITE" ]; then
+		# Each package asked for must come from the suite, and nothing
+		# already installed may be moved onto it unless it is of a
+		# backported source itself.
+		for pkg in "${missing[@]}"; do
+			grep -qi "^Inst ${pkg//./\\.} (.*backports" <<<"$plan" ||
+				od_die "$OD_APT_SUITE has no $pkg that fits this machine's installed backports. Nothing was changed."
+		done
+		local stray=()
+		while IFS= read -r line; do
+			pkg=$(awk '{ print $2 }' <<<"$line")
+			od_apt_installed_backports | awk -v s="$(dpkg-query -W -f='${source:Package}' "$pkg" 2>/dev/null)" \
+				'$1 == s { found = 1 } END { exit !found }' || stray+=("$pkg")
+		done < <(grep -i '^Inst [^ ]* \[.*backports' <<<"$plan" || true)
+		[ "${#stray[@]}" -eq 0 ] ||
+			od_die "installing ${missing[*]} from $OD_APT_SUITE would also upgrade ${stray[*]} to $OD_APT_SUITE's versions. Nothing was changed. Install ${missing[*]} by hand if that is fine here."
+	fi
 	if [ "${#removals[@]}" -gt 0 ] || [ "${#downgrades[@]}" -gt 0 ]; then
 		local what=""
 		[ "${#removals[@]}" -eq 0 ] || what="remove $(printf '%s, ' "${removals[@]}")"
