@@ -16,7 +16,8 @@
 //! API; and the chart renders for the oldest supported Kubernetes, with
 //! none of the optional APIs, and refuses the release before it.
 //!
-//! The script installs its tools from PyPI and npm. When it cannot, the
+//! The script installs its tools from PyPI and (helm, kubectl) with
+//! `scripts/fetch-helm`. When it cannot, the
 //! tests print SKIPPED, unless `OMNIDISK_REQUIRE_ALL=1`, where they fail.
 
 use std::collections::BTreeMap;
