@@ -96,7 +96,7 @@ od_elevate() {
 	vars+=("PATH=$root_path")
 	while IFS= read -r name; do
 		vars+=("$name=${!name}")
-	done < <(compgen -e | grep -E '^(OMNIDISK_|CARGO|RUSTUP_|RUST_|RUSTFLAGS$|TMPDIR$|[Hh][Tt][Tt][Pp][Ss]?_[Pp][Rr][Oo][Xx][Yy]$|[Nn][Oo]_[Pp][Rr][Oo][Xx][Yy]$|SSL_CERT_(FILE|DIR)$|CURL_CA_BUNDLE$|REQUESTS_CA_BUNDLE$|PIP_[A-Z_]+$)')
+	done < <(compgen -e | grep -E '^(OMNIDISK_|CARGO|RUSTUP_|RUST_|RUSTFLAGS$|TMPDIR$|[Hh][Tt][Tt][Pp][Ss]?_[Pp][Rr][Oo][Xx][Yy]$|[Nn][Oo]_[Pp][Rr][Oo][Xx][Yy]$|SSL_CERT_(FILE|DIR)$|CURL_CA_BUNDLE$|REQUESTS_CA_BUNDLE$|PIP_[A-Z_]+$|npm_config_registry$)')
 	od_log "needs root: sudo $script $*"
 	exec sudo -- env "${vars[@]}" "$script" "$@"
 }
